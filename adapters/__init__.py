@@ -1,0 +1,1 @@
+"""Adapters between pgcohort's protocol and an HA manager or PostgreSQL itself."""

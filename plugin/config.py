@@ -1,0 +1,132 @@
+"""Configuration: one schema, three sources, the same for every command.
+
+Precedence, highest first: command-line flags, environment variables, the YAML file
+(``--config FILE`` or ``PGCOHORT_CONFIG``), built-in defaults. Every YAML key has an
+environment variable ``PGCOHORT_<SECTION>_<KEY>`` (``etcd.endpoints`` ->
+``PGCOHORT_ETCD_ENDPOINTS``; lists are comma-separated there). The validator reports
+every problem at once, before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from plugin.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Setting:
+    path: tuple[str, ...]
+    kind: type
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "PGCOHORT_" + "_".join(self.path).upper()
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+SCHEMA: tuple[Setting, ...] = (
+    Setting(("cluster",), str, None, "cluster name; keys live under <etcd.prefix>/<cluster>/"),
+    Setting(("etcd", "endpoints"), list, ["http://127.0.0.1:2379"], "etcd client URLs, tried in turn"),
+    Setting(("etcd", "prefix"), str, "/pgcohort", "key prefix (never under Patroni's /service/)"),
+    Setting(("etcd", "timeout"), float, 3.0, "seconds per etcd request"),
+    Setting(("etcd", "retry_for"), float, 10.0, "seconds to keep retrying other endpoints"),
+    Setting(("etcd", "user"), str, None, "etcd user (token auth); empty for none"),
+    Setting(("etcd", "password"), str, None, "etcd password"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    values: Mapping[str, Any]
+
+    def __getitem__(self, dotted: str) -> Any:
+        return self.values[dotted]
+
+
+def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
+    if raw is None:
+        return None
+    if s.kind is list:
+        if isinstance(raw, str):
+            raw = [p.strip() for p in raw.split(",") if p.strip()]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw) or not raw:
+            problems.append(f"{s.dotted} ({source}): expected a non-empty list of strings, got {raw!r}")
+            return None
+        return raw
+    if s.kind is float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            problems.append(f"{s.dotted} ({source}): expected a number, got {raw!r}")
+            return None
+        if value <= 0:
+            problems.append(f"{s.dotted} ({source}): must be > 0, got {raw!r}")
+            return None
+        return value
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        problems.append(f"{s.dotted} ({source}): expected text, got {raw!r}")
+        return None
+    return str(raw)
+
+
+def _flatten(doc: Any, problems: list[str], path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    if not isinstance(doc, dict):
+        problems.append(f"{'.'.join(path) or 'the file'}: expected a mapping")
+        return out
+    for k, v in doc.items():
+        key = path + (str(k),)
+        if isinstance(v, dict):
+            out.update(_flatten(v, problems, key))
+        else:
+            out[key] = v
+    return out
+
+
+def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, file: str | None = None) -> Config:
+    """Merge the sources; ``flags`` maps dotted keys to values given on the command line."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    file = file or env.get("PGCOHORT_CONFIG")
+    from_file: dict[tuple[str, ...], Any] = {}
+    if file:
+        try:
+            with open(file, encoding="utf-8") as f:
+                from_file = _flatten(yaml.safe_load(f) or {}, problems)
+        except OSError as e:
+            problems.append(f"config file {file}: {e.strerror}")
+        except yaml.YAMLError as e:
+            problems.append(f"config file {file}: not valid YAML ({str(e).splitlines()[0]})")
+        known = {s.path for s in SCHEMA}
+        problems += [f"config file {file}: unknown key {'.'.join(k)!r}" for k in from_file if k not in known]
+    values: dict[str, Any] = {}
+    for s in SCHEMA:
+        if flags.get(s.dotted) is not None:
+            values[s.dotted] = _coerce(s, flags[s.dotted], "flag", problems)
+        elif env.get(s.env):
+            values[s.dotted] = _coerce(s, env[s.env], s.env, problems)
+        elif s.path in from_file:
+            values[s.dotted] = _coerce(s, from_file[s.path], f"file {file}", problems)
+        else:
+            values[s.dotted] = s.default
+    if not values.get("cluster"):
+        problems.append("cluster: not set (use --cluster, PGCOHORT_CLUSTER or 'cluster:' in the config file)")
+    if problems:
+        raise InvalidInputError("invalid configuration; nothing was started:\n  " + "\n  ".join(problems))
+    return Config(values)
+
+
+def describe() -> str:
+    """The settings table shown by ``--help``."""
+    return "\n".join(f"  {s.dotted:<16} {s.env:<26} {s.help}" for s in SCHEMA)

@@ -1,0 +1,141 @@
+"""The failover rule: which surveys make a promotion safe, and which candidate it must be.
+
+Pure: positions are given, nothing is read here.
+
+For one rule with electorate E (the members that may acknowledge a write of the failed
+primary) and ack count K, an acknowledged write is on at least K members of E. A survey of
+``|E| - K + 1`` members of E therefore meets every such ack set (pigeonhole: the members
+*not* surveyed number ``K - 1``, too few to hold all K acks). A survey counts a member only
+after it was **revoked** (it no longer receives from the old primary), so its position can
+not grow behind the survey's back.
+
+In the joint phase both rules are active and a write may have been acknowledged under
+either, so the survey must satisfy each rule on its own electorate. WAL is a single ordered
+stream, so the surveyed member with the highest position holds every write any surveyed
+member holds; the candidate must be in every active cohort and hold that highest position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from plugin.core.rules import Rule
+from plugin.core.ruleset import Ruleset
+from plugin.errors import InvalidInputError
+
+
+def survey_size(electorate: int, acks: int) -> int:
+    """How many members of E a survey must reach: ``|E| - K + 1``."""
+    return electorate - acks + 1
+
+
+def parse_lsn(text: str) -> int:
+    """``'0/3000060'`` -> 50331744 (PostgreSQL's pg_lsn text form)."""
+    try:
+        hi, lo = text.split("/")
+        return (int(hi, 16) << 32) | int(lo, 16)
+    except ValueError:
+        raise InvalidInputError(f"invalid LSN {text!r}: expected the form 'X/Y' in hexadecimal") from None
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """How the survey fared against one active rule."""
+
+    rule: Rule
+    electorate: tuple[str, ...]
+    acks: int
+    reached: tuple[str, ...]
+    needed: int
+
+    @property
+    def ok(self) -> bool:
+        return len(self.reached) >= self.needed
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.needed - len(self.reached))
+
+    def __str__(self) -> str:
+        state = "ok" if self.ok else f"{self.missing} more needed"
+        return (
+            f"{self.rule.show()}: reached {len(self.reached)} of {len(self.electorate)} "
+            f"({' '.join(self.reached) or 'none'}), need {self.needed}: {state}"
+        )
+
+
+@dataclass(frozen=True)
+class FailoverDecision:
+    allowed: bool
+    candidate: str | None
+    checks: tuple[RuleCheck, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        head = f"allowed: promote {self.candidate}" if self.allowed else f"refused: {self.reason}"
+        return "\n".join([head] + [f"  {c}" for c in self.checks])
+
+
+def check_rules(ruleset: Ruleset, old_primary: str, surveyed: Mapping[str, int]) -> tuple[RuleCheck, ...]:
+    checks = []
+    for rule in ruleset.active_rules():
+        e = tuple(m.name for m in rule.electorate(old_primary))
+        reached = tuple(n for n in e if n in surveyed)
+        checks.append(RuleCheck(rule, e, rule.acks(), reached, survey_size(len(e), rule.acks())))
+    return tuple(checks)
+
+
+def decide(
+    ruleset: Ruleset, old_primary: str, surveyed: Mapping[str, int], candidate: str | None = None
+) -> FailoverDecision:
+    """May a failover away from ``old_primary`` proceed, given revoked members' positions?
+
+    ``surveyed`` maps each revoked, reached member to its position (the greater of its
+    received and replayed LSN). Returns the decision with the chosen (or checked) candidate.
+    """
+    positions = {n: p for n, p in surveyed.items() if n != old_primary}
+    checks = check_rules(ruleset, old_primary, positions)
+    short = [c for c in checks if not c.ok]
+    if short:
+        reason = "; ".join(
+            f"rule '{c.rule.show()}' needs {c.needed} of its {len(c.electorate)} standbys "
+            f"surveyed, reached {len(c.reached)}: reach {c.missing} more"
+            for c in short
+        )
+        return FailoverDecision(False, None, checks, reason)
+    counted = {n: p for n, p in positions.items() if any(n in r.names for r in ruleset.active_rules())}
+    top = max(counted.values())
+    eligible = sorted(n for n in counted if ruleset.counts(n))
+    if candidate is None:
+        best = [n for n in eligible if counted[n] == top]
+        if not best:
+            ahead = sorted(n for n, p in counted.items() if p == top)
+            return FailoverDecision(
+                False,
+                None,
+                checks,
+                f"the most advanced surveyed member(s) {' '.join(ahead)} at {format_lsn(top)} are not "
+                "in every active cohort; no eligible candidate holds every acknowledged write",
+            )
+        return FailoverDecision(True, best[0], checks, f"{best[0]} holds the highest position {format_lsn(top)}")
+    if candidate == old_primary or not ruleset.counts(candidate):
+        return FailoverDecision(
+            False, None, checks, f"candidate {candidate} is not in every active cohort ({ruleset.show()})"
+        )
+    if candidate not in counted:
+        return FailoverDecision(False, None, checks, f"candidate {candidate} was not surveyed")
+    if counted[candidate] < top:
+        ahead = sorted(n for n, p in counted.items() if p == top)
+        return FailoverDecision(
+            False,
+            None,
+            checks,
+            f"candidate {candidate} is at {format_lsn(counted[candidate])}, behind "
+            f"{' '.join(ahead)} at {format_lsn(top)}: it may miss acknowledged writes",
+        )
+    return FailoverDecision(True, candidate, checks, f"{candidate} holds the highest position {format_lsn(top)}")

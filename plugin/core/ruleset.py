@@ -1,0 +1,337 @@
+"""The ruleset: the committed rule plus, during a change, the previous rule (the joint phase).
+
+Invariants (checked by :func:`check_invariants` after every transition and in every
+property test):
+
+1. One change at a time. A ruleset is *stable* (``previous`` is None) or *joint*
+   (``previous`` is the rule before the change, and the two differ by exactly one added
+   member, one removed member, or the policy). A new change is refused while joint.
+2. A member counts only after its propose commits and stops counting only after finalize:
+   in the joint phase both rules are active, and every failover must satisfy both
+   (see :mod:`plugin.core.failover`).
+3. Every commit increments ``version`` by one; every commit is a compare-and-swap on the
+   revision it was based on (the store enforces this; the core only produces the values).
+4. Both active rules are enforceable by the current primary (it is in the cohort, and K is
+   no larger than its electorate).
+
+Transitions are pure functions from a ruleset to the next one; the store commits them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from plugin.core.rules import AnyK, CrossZone, Member, Policy, Rule, check_member_name, parse_policy
+from plugin.errors import InvalidInputError, InvalidRecordError, RefusedError
+
+Phase = Literal["stable", "joint"]
+
+
+@dataclass(frozen=True)
+class AddMember:
+    member: Member
+
+    def __str__(self) -> str:
+        return f"add {self.member.name}"
+
+
+@dataclass(frozen=True)
+class RemoveMember:
+    name: str
+
+    def __str__(self) -> str:
+        return f"remove {self.name}"
+
+
+@dataclass(frozen=True)
+class SetPolicy:
+    policy: Policy
+
+    def __str__(self) -> str:
+        return f"policy {self.policy}"
+
+
+Change = AddMember | RemoveMember | SetPolicy
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """One committed version of the ruleset record (the value of the ``ruleset`` key)."""
+
+    version: int
+    rule: Rule
+    previous: Rule | None = None
+    changed_by: str = ""
+    changed_at: str = ""
+    reason: str = ""
+    writer: str = ""
+
+    @property
+    def phase(self) -> Phase:
+        return "stable" if self.previous is None else "joint"
+
+    def active_rules(self) -> tuple[Rule, ...]:
+        """The rules a failover must satisfy: the rule, plus ``previous`` while joint."""
+        return (self.rule,) if self.previous is None else (self.rule, self.previous)
+
+    def show(self) -> str:
+        """``any 1 of (a b c) && any 1 of (a b)`` in the joint phase, like raft's JointConfig."""
+        return " && ".join(r.show() for r in self.active_rules())
+
+    def counts(self, name: str) -> bool:
+        """True if ``name``'s acknowledgements count under every active rule."""
+        return all(name in r.names for r in self.active_rules())
+
+
+def describe_change(previous: Rule, rule: Rule) -> Change | None:
+    """The single change that turns ``previous`` into ``rule``, or None if there is not exactly one."""
+    added = rule.names - previous.names
+    removed = previous.names - rule.names
+    same_policy = previous.policy == rule.policy
+    if len(added) == 1 and not removed and same_policy:
+        (name,) = added
+        m = rule.member(name)
+        assert m is not None
+        if set(previous.cohort) <= set(rule.cohort):
+            return AddMember(m)
+    if len(removed) == 1 and not added and same_policy and set(rule.cohort) <= set(previous.cohort):
+        (name,) = removed
+        return RemoveMember(name)
+    if not added and not removed and not same_policy and previous.cohort == rule.cohort:
+        return SetPolicy(rule.policy)
+    return None
+
+
+def initial(rule: Rule, primary: str, *, changed_by: str, now: str, writer: str = "") -> Ruleset:
+    """Version 1 of a new cluster's ruleset (stable)."""
+    rule.check(primary)
+    return Ruleset(1, rule, None, changed_by, now, f"init with primary {primary}", writer)
+
+
+def propose(current: Ruleset, change: Change, primary: str, *, changed_by: str, now: str, writer: str = "") -> Ruleset:
+    """The joint ruleset that starts ``change``, or :class:`RefusedError` saying why not."""
+    if current.previous is not None:
+        pending = describe_change(current.previous, current.rule)
+        raise RefusedError(
+            f"refused {change}: a change is already in progress ({pending}, version "
+            f"{current.version}, joint since {current.changed_at or 'unknown'}); it finishes when "
+            "the sidecar beside the primary has applied it and finalized. Nothing was changed; "
+            "check `pgcohort status` and retry after it is stable"
+        )
+    old = current.rule
+    if isinstance(change, AddMember):
+        name = change.member.name
+        clash = [m.name for m in old.cohort if m.name.lower() == name.lower()]
+        if clash:
+            raise RefusedError(f"refused add {name}: {clash[0]!r} is already in the cohort ({old.show()})")
+        new = Rule(old.policy, old.cohort + (change.member,))
+    elif isinstance(change, RemoveMember):
+        check_member_name(change.name)
+        if old.member(change.name) is None:
+            raise RefusedError(f"refused remove {change.name}: no such member in the cohort ({old.show()})")
+        if change.name == primary:
+            raise RefusedError(
+                f"refused remove {change.name}: it is the primary (current term); "
+                "switch over to another member first, then remove it"
+            )
+        new = Rule(old.policy, tuple(m for m in old.cohort if m.name != change.name))
+    else:
+        if change.policy == old.policy:
+            raise RefusedError(f"refused policy {change.policy}: it is already the policy")
+        new = Rule(change.policy, old.cohort)
+    try:
+        new.check(primary)
+    except RefusedError as e:
+        raise RefusedError(f"refused {change}: {e}. Nothing was changed") from None
+    return Ruleset(current.version + 1, new, old, changed_by, now, str(change), writer)
+
+
+def finalize(current: Ruleset, *, changed_by: str, now: str, writer: str = "") -> Ruleset:
+    """The stable ruleset that ends the joint phase (after apply and barrier)."""
+    if current.previous is None:
+        raise RefusedError(f"nothing to finalize: version {current.version} is already stable")
+    change = describe_change(current.previous, current.rule)
+    return Ruleset(current.version + 1, current.rule, None, changed_by, now, f"finalize {change}", writer)
+
+
+def check_invariants(ruleset: Ruleset, primary: str | None = None) -> None:
+    """Raise AssertionError if ``ruleset`` breaks an invariant of the module docstring."""
+    assert ruleset.version >= 1, f"version {ruleset.version} < 1"
+    if ruleset.previous is not None:
+        assert describe_change(ruleset.previous, ruleset.rule) is not None, (
+            f"joint phase must differ by exactly one change: {ruleset.show()}"
+        )
+    if primary is not None:
+        for r in ruleset.active_rules():
+            r.check(primary)
+
+
+# --- the record format (JSON in etcd) -------------------------------------------------
+
+
+def _policy_record(p: Policy) -> dict[str, Any]:
+    return {"kind": "cross-zone"} if isinstance(p, CrossZone) else {"kind": "any", "k": p.k}
+
+
+def _rule_record(r: Rule) -> dict[str, Any]:
+    return {
+        "policy": _policy_record(r.policy),
+        "cohort": [{"name": m.name, "host": m.host, "port": m.port, "zone": m.zone} for m in r.cohort],
+    }
+
+
+def to_record(rs: Ruleset) -> dict[str, Any]:
+    return {
+        "version": rs.version,
+        "phase": rs.phase,
+        "rule": _rule_record(rs.rule),
+        "previous": None if rs.previous is None else _rule_record(rs.previous),
+        "changed_by": rs.changed_by,
+        "changed_at": rs.changed_at,
+        "reason": rs.reason,
+        "writer": rs.writer,
+    }
+
+
+def encode(rs: Ruleset) -> bytes:
+    return json.dumps(to_record(rs), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise InvalidInputError(f"{where}: missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise InvalidInputError(f"{where}: field {key!r} has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _policy_from(d: Any, where: str) -> Policy:
+    if not isinstance(d, dict):
+        raise InvalidInputError(f"{where}: policy must be an object")
+    kind = _field(d, "kind", str, where)
+    if kind == "any":
+        return AnyK(_field(d, "k", int, where))
+    if kind == "cross-zone":
+        return CrossZone()
+    return parse_policy(kind)
+
+
+def _rule_from(d: Any, where: str) -> Rule:
+    if not isinstance(d, dict):
+        raise InvalidInputError(f"{where}: must be an object")
+    cohort = _field(d, "cohort", list, where)
+    members = []
+    for i, m in enumerate(cohort):
+        w = f"{where}.cohort[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidInputError(f"{w}: must be an object")
+        members.append(
+            Member(
+                _field(m, "name", str, w),
+                _field(m, "host", str, w),
+                _field(m, "port", int, w),
+                _field(m, "zone", str, w),
+            )
+        )
+    if not members:
+        raise InvalidInputError(f"{where}: the cohort is empty")
+    return Rule(_policy_from(d.get("policy"), f"{where}.policy"), tuple(members))
+
+
+def from_record(d: Any) -> Ruleset:
+    """Validate a decoded record; :class:`InvalidInputError` names the first problem found."""
+    if not isinstance(d, dict):
+        raise InvalidInputError("the ruleset record must be a JSON object")
+    version = _field(d, "version", int, "ruleset")
+    rule = _rule_from(d.get("rule"), "rule")
+    prev_raw = d.get("previous")
+    previous = None if prev_raw is None else _rule_from(prev_raw, "previous")
+    phase = _field(d, "phase", str, "ruleset")
+    expected = "stable" if previous is None else "joint"
+    if phase != expected:
+        raise InvalidInputError(f"ruleset: phase {phase!r} contradicts previous (expected {expected!r})")
+    rs = Ruleset(
+        version,
+        rule,
+        previous,
+        str(d.get("changed_by", "")),
+        str(d.get("changed_at", "")),
+        str(d.get("reason", "")),
+        str(d.get("writer", "")),
+    )
+    try:
+        check_invariants(rs)
+    except AssertionError as e:
+        raise InvalidInputError(f"ruleset: {e}") from None
+    return rs
+
+
+def decode(raw: bytes, where: str) -> Ruleset:
+    """Parse the bytes of a ruleset key; :class:`InvalidRecordError` says what and where."""
+    try:
+        return from_record(json.loads(raw))
+    except (ValueError, InvalidInputError) as e:
+        raise InvalidRecordError(
+            f"{where} is not a valid pgcohort ruleset ({e}). Nothing was changed; nothing will "
+            "act on it. Inspect it with `pgcohort history` and `etcdctl get`, then restore the "
+            "last good version"
+        ) from None
+
+
+# --- the term -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Term:
+    """Who is primary, decided by a gated promotion (or by ``init``)."""
+
+    term: int
+    primary: str
+    ruleset_revision: int
+    lsn: int | None = None
+    decided_by: str = ""
+    at: str = ""
+    writer: str = ""
+    forced: str = ""
+
+    def next(self, primary: str, ruleset_revision: int, **kw: Any) -> Term:
+        return replace(self, term=self.term + 1, primary=primary, ruleset_revision=ruleset_revision, **kw)
+
+
+def encode_term(t: Term) -> bytes:
+    d = {
+        "term": t.term,
+        "primary": t.primary,
+        "ruleset_revision": t.ruleset_revision,
+        "lsn": t.lsn,
+        "decided_by": t.decided_by,
+        "at": t.at,
+        "writer": t.writer,
+        "forced": t.forced,
+    }
+    return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_term(raw: bytes, where: str) -> Term:
+    try:
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise InvalidInputError("must be a JSON object")
+        lsn = d.get("lsn")
+        if lsn is not None and (not isinstance(lsn, int) or isinstance(lsn, bool)):
+            raise InvalidInputError("field 'lsn' has the wrong type")
+        return Term(
+            _field(d, "term", int, "term"),
+            check_member_name(_field(d, "primary", str, "term")),
+            _field(d, "ruleset_revision", int, "term"),
+            lsn,
+            str(d.get("decided_by", "")),
+            str(d.get("at", "")),
+            str(d.get("writer", "")),
+            str(d.get("forced", "")),
+        )
+    except (ValueError, InvalidInputError) as e:
+        raise InvalidRecordError(f"{where} is not a valid pgcohort term ({e}). Nothing was changed") from None

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from plugin.core.rules import AnyK, Member, Rule
+from plugin.store import EtcdStore
+from tests.servers import ETCD, EtcdCluster
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(binary: str, what: str) -> None:
+    """A missing server skips locally but fails under CI=true (never a silent green run)."""
+    if shutil.which(binary) or os.path.exists(binary):
+        return
+    if IN_CI:
+        pytest.fail(f"{what} ({binary}) is missing under CI=true: the test command must install it")
+    pytest.skip(f"{what} ({binary}) not installed")
+
+
+@pytest.fixture(scope="session")
+def etcd3() -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster shared by the tests that do not break it."""
+    need(ETCD, "etcd-server")
+    cluster = EtcdCluster(3).start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def etcd_private() -> Iterator[EtcdCluster]:
+    """A 3-member cluster of the test's own, for tests that kill, pause or compact it."""
+    need(ETCD, "etcd-server")
+    cluster = EtcdCluster(3).start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def make_store(etcd: EtcdCluster, cluster: str, **kw: object) -> EtcdStore:
+    kw.setdefault("timeout", 2.0)
+    kw.setdefault("retry_for", 15.0)
+    return EtcdStore(etcd.endpoints, cluster, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(etcd3: EtcdCluster, cluster_name: str) -> EtcdStore:
+    return make_store(etcd3, cluster_name)
+
+
+def three_members(policy: int = 1) -> Rule:
+    return Rule(AnyK(policy), tuple(Member(f"pg{i}", "127.0.0.1", 5432 + i, f"z{i % 2}") for i in range(3)))

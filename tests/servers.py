@@ -1,0 +1,186 @@
+"""Real servers for the tests: etcd clusters on free loopback ports, with fault helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _get_json(url: str, timeout: float = 1.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+        return json.loads(r.read())
+
+
+def _post_json(url: str, body: dict, timeout: float = 3.0) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (loopback only)
+        return json.loads(r.read())
+
+
+@dataclass
+class EtcdMember:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: str
+    log_path: str
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+
+@dataclass
+class EtcdCluster:
+    """A throw-away etcd cluster (Debian's etcd 3.4) on loopback; fast timers, no fsync."""
+
+    size: int = 3
+    root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="pgcohort-etcd-"))
+    members: list[EtcdMember] = field(default_factory=list)
+    token: str = field(default_factory=lambda: "pgcohort-" + uuid.uuid4().hex[:8])
+
+    def start(self, timeout: float = 20.0) -> EtcdCluster:
+        ports = free_ports(2 * self.size)
+        for i in range(self.size):
+            name = f"e{i}"
+            self.members.append(
+                EtcdMember(
+                    name,
+                    ports[2 * i],
+                    ports[2 * i + 1],
+                    os.path.join(self.root, name),
+                    os.path.join(self.root, name + ".log"),
+                )
+            )
+        for m in self.members:
+            self._spawn(m)
+        self.wait_healthy(timeout)
+        return self
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.url for m in self.members]
+
+    def _spawn(self, m: EtcdMember) -> None:
+        args = [
+            ETCD, "--name", m.name, "--data-dir", m.data_dir,
+            "--listen-client-urls", m.url, "--advertise-client-urls", m.url,
+            "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
+            "--initial-cluster", self.initial_cluster, "--initial-cluster-token", self.token,
+            "--initial-cluster-state", "new", "--unsafe-no-fsync",
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--logger", "zap", "--log-outputs", "stderr",
+        ]  # fmt: skip
+        with open(m.log_path, "ab") as log:
+            m.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy(self, m: EtcdMember) -> bool:
+        try:
+            return _get_json(m.url + "/health").get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def wait_healthy(self, timeout: float = 20.0, members: list[EtcdMember] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        for m in members or [m for m in self.members if m.proc and m.proc.poll() is None]:
+            while not self.healthy(m):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd member {m.name} not healthy after {timeout}s; see {m.log_path}")
+                time.sleep(0.05)
+
+    def leader(self) -> EtcdMember:
+        for m in self.members:
+            if m.proc is None or m.proc.poll() is not None:
+                continue
+            try:
+                st = _post_json(m.url + "/v3/maintenance/status", {})
+                for c in self.members:
+                    st2 = _post_json(c.url + "/v3/maintenance/status", {}) if c is not m else st
+                    if st2["header"]["member_id"] == st["leader"]:
+                        return c
+            except OSError:
+                continue
+        raise RuntimeError("no etcd leader")
+
+    def kill(self, m: EtcdMember) -> None:
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait()
+
+    def stop(self, m: EtcdMember) -> None:
+        assert m.proc is not None
+        os.kill(m.proc.pid, signal.SIGSTOP)
+
+    def cont(self, m: EtcdMember) -> None:
+        assert m.proc is not None
+        os.kill(m.proc.pid, signal.SIGCONT)
+
+    def restart(self, m: EtcdMember, wait: bool = True) -> None:
+        self.kill(m)
+        self._spawn(m)  # the existing data dir makes --initial-cluster-state irrelevant
+        if wait:
+            self.wait_healthy(members=[m])
+
+    def compact(self, revision: int) -> None:
+        for m in self.members:
+            try:
+                _post_json(m.url + "/v3/kv/compaction", {"revision": revision, "physical": True})
+                return
+            except OSError:
+                continue
+        raise RuntimeError("no member accepted the compaction")
+
+    def put_raw(self, key: str, value: bytes) -> int:
+        import base64
+
+        for m in self.members:
+            try:
+                r = _post_json(
+                    m.url + "/v3/kv/put",
+                    {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()},
+                )
+                return int(r["header"]["revision"])
+            except OSError:
+                continue
+        raise RuntimeError("no member accepted the put")
+
+    def close(self) -> None:
+        for m in self.members:
+            if m.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(m.proc.pid, signal.SIGCONT)
+                self.kill(m)
+        shutil.rmtree(self.root, ignore_errors=True)
