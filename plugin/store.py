@@ -623,7 +623,8 @@ def _shutdown(resp: requests.Response) -> None:
     """Unblock a thread reading ``resp`` (closing alone does not interrupt a blocked read)."""
     try:
         fd = resp.raw._fp.fileno()  # type: ignore[union-attr]
-        socket.socket(fileno=socket.dup(fd)).shutdown(socket.SHUT_RDWR)
+        with socket.socket(fileno=socket.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
     except (AttributeError, OSError, ValueError):
         pass
     resp.close()

@@ -109,6 +109,8 @@ def decide(
         )
         return FailoverDecision(False, None, checks, reason)
     counted = {n: p for n, p in positions.items() if any(n in r.names for r in ruleset.active_rules())}
+    if not counted:
+        return FailoverDecision(False, None, checks, "no cohort member was surveyed")
     top = max(counted.values())
     eligible = sorted(n for n in counted if ruleset.counts(n))
     if candidate is None:
