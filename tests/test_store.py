@@ -154,7 +154,7 @@ def test_no_lost_update_over_1000_racing_proposals(etcd3: EtcdCluster, store: Et
     history = store.history()
     assert [rs.version for _, rs in history] == list(range(1, len(won) + 2))
     by_writer = {rs.writer: rev for rev, rs in history}
-    for expected, rev, writer in won:
+    for _, rev, writer in won:
         assert by_writer[writer] == rev, f"committed write {writer} at {rev} is missing from history"
     # One chain: each success was based on the revision the previous success produced.
     chain = sorted(won, key=lambda w: w[1])
