@@ -22,7 +22,7 @@ from plugin.core.rules import Member, Rule, parse_policy
 from plugin.errors import InvalidInputError, PgcohortError
 from plugin.store import EtcdStore, Revision, Snapshot, TermSnapshot
 
-_MEMBER_SPEC = re.compile(r"(?P<name>[^@/]+)(?:@(?P<host>[^/]+?)(?::(?P<port>\d+))?)?(?:/(?P<zone>.+))?")
+_MEMBER_SPEC = re.compile(r"(?P<name>[^@/]+)(?:@(?P<host>\[[^\]]+\]|[^/:\[]+)(?::(?P<port>\d+))?)?(?:/(?P<zone>.+))?")
 
 EXIT_CODES = """exit codes:
   0 done   2 invalid input   3 refused by the rules   4 conflict (stale revision)

@@ -1,0 +1,155 @@
+"""bench/propagation: from a committed `add` to N watchers observing it, against a bare CAS.
+
+Starts a real 3-member etcd on loopback and N watcher processes (each a RulesetWatch, as
+each node's sidecar runs one). Each round commits an `add` (the ruleset CAS with its
+history entry) and times, on the shared monotonic clock, how long each watcher takes to
+observe that revision; the member is then finalized, removed and finalized again so the
+next round can add it anew. Interleaved with the rounds, a bare etcd3gw CAS transaction
+(compare mod_revision, put) on another key of the same cluster gives the baseline.
+Everything is measured in this one run and printed as ratios.
+
+    python bench/propagation.py [--rounds 200] [--watchers 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from etcd3gw.client import Etcd3Client  # noqa: E402
+
+from plugin import protocol  # noqa: E402
+from plugin.core import ruleset as core  # noqa: E402
+from plugin.core.rules import AnyK, Member, Rule  # noqa: E402
+from plugin.store import EtcdStore  # noqa: E402
+from tests.servers import EtcdCluster  # noqa: E402
+
+CLUSTER = "bench"
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def watcher(endpoints: list[str], index: int, out: Any, ready: Any) -> None:
+    # Spread the watchers over the members, as sidecars on different hosts would be.
+    rotated = endpoints[index % len(endpoints) :] + endpoints[: index % len(endpoints)]
+    store = EtcdStore(rotated, CLUSTER, timeout=3, retry_for=30)
+    first = True
+    for view in store.watch():
+        out.put((index, view.revision, time.monotonic()))
+        if first:
+            ready.set()
+            first = False
+
+
+def bare_cas(client: Etcd3Client, key: str, state: dict[str, int]) -> float:
+    k = base64.b64encode(key.encode()).decode()
+    value = base64.b64encode(os.urandom(200)).decode()
+    txn = {
+        "compare": [{"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": state["rev"]}],
+        "success": [{"request_put": {"key": k, "value": value}}],
+        "failure": [{"request_range": {"key": k}}],
+    }
+    t0 = time.monotonic()
+    resp = client.transaction(txn)
+    elapsed = time.monotonic() - t0
+    assert resp.get("succeeded"), resp
+    state["rev"] = int(resp["header"]["revision"])
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--watchers", type=int, default=5)
+    args = ap.parse_args()
+
+    etcd = EtcdCluster(3).start()
+    procs: list[mp.Process] = []
+    try:
+        store = EtcdStore(etcd.endpoints, CLUSTER, timeout=3, retry_for=30)
+        rule = Rule(AnyK(1), tuple(Member(f"pg{i}") for i in range(3)))
+        protocol.init(store, rule, "pg0", actor="bench")
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        readies = []
+        for i in range(args.watchers):
+            ready = ctx.Event()
+            p = ctx.Process(target=watcher, args=(etcd.endpoints, i, out, ready), daemon=True)
+            p.start()
+            procs.append(p)
+            readies.append(ready)
+        for r in readies:
+            assert r.wait(30), "a watcher did not start"
+        while not out.empty():
+            out.get()
+
+        leader = etcd.leader()
+        bare_client = Etcd3Client(host="127.0.0.1", port=leader.client_port, api_path="/v3/", timeout=3)
+        bare_client.session.trust_env = False
+        bare_state = {"rev": 0}
+        bare: list[float] = []
+        each: list[float] = []  # commit -> one watcher observed it
+        last: list[float] = []  # commit -> the slowest of the N watchers observed it
+        commit_only: list[float] = []
+        writer = EtcdStore([leader.url] + [m.url for m in etcd.members if m is not leader], CLUSTER, timeout=3, retry_for=30)
+
+        def commit(next_of: Any, measure: bool) -> None:
+            snap = writer.read()
+            proposed = next_of(snap.ruleset)
+            t0 = time.monotonic()
+            rev = writer.commit(snap.revision, proposed)
+            commit_only.append(time.monotonic() - t0) if measure else None
+            seen: dict[int, float] = {}
+            while len(seen) < args.watchers:
+                idx, r, t = out.get(timeout=30)
+                if r == rev:
+                    seen[idx] = t
+            if measure:
+                each.extend(t - t0 for t in seen.values())
+                last.append(max(seen.values()) - t0)
+
+        add = lambda rs: core.propose(rs, core.AddMember(Member("pg3")), "pg0", changed_by="b", now="", writer=protocol.new_writer("b"))  # noqa: E731
+        remove = lambda rs: core.propose(rs, core.RemoveMember("pg3"), "pg0", changed_by="b", now="", writer=protocol.new_writer("b"))  # noqa: E731
+        fin = lambda rs: core.finalize(rs, changed_by="b", now="", writer=protocol.new_writer("b"))  # noqa: E731
+        for _ in range(10):  # warm up connections
+            bare_cas(bare_client, "/bench/bare", bare_state)
+        for _ in range(args.rounds):
+            bare.append(bare_cas(bare_client, "/bench/bare", bare_state))
+            commit(add, True)
+            bare.append(bare_cas(bare_client, "/bench/bare", bare_state))
+            commit(fin, False)
+            commit(remove, False)
+            commit(fin, False)
+
+        ms = lambda s: f"{s * 1000:6.2f} ms"  # noqa: E731
+        b50, b99 = pct(bare, 50), pct(bare, 99)
+        print(f"bench/propagation: 3-member etcd 3.4 on loopback, {args.watchers} watcher processes, {args.rounds} adds")
+        print(f"  bare etcd3gw CAS txn (to the leader)   p50 {ms(b50)}  p99 {ms(b99)}   n={len(bare)}")
+        print(f"  ruleset CAS + history (commit only)    p50 {ms(pct(commit_only, 50))}  p99 {ms(pct(commit_only, 99))}")
+        for label, xs in (("commit -> each watcher observed", each), ("commit -> all watchers observed", last)):
+            r50, r99 = pct(xs, 50) / b50, pct(xs, 99) / b99
+            print(
+                f"  {label:<38} p50 {ms(pct(xs, 50))}  p99 {ms(pct(xs, 99))}   "
+                f"ratio to bare CAS: p50 {r50:.2f}x (target <= 1.5x), p99 {r99:.2f}x (target <= 2x)"
+            )
+        print(f"  (mean bare {ms(statistics.mean(bare))}, mean each {ms(statistics.mean(each))})")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+        etcd.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
