@@ -102,26 +102,33 @@ def main() -> int:
         each: list[float] = []  # commit -> one watcher observed it
         last: list[float] = []  # commit -> the slowest of the N watchers observed it
         commit_only: list[float] = []
-        writer = EtcdStore([leader.url] + [m.url for m in etcd.members if m is not leader], CLUSTER, timeout=3, retry_for=30)
+        writer = EtcdStore(
+            [leader.url] + [m.url for m in etcd.members if m is not leader], CLUSTER, timeout=3, retry_for=30
+        )
 
         def commit(next_of: Any, measure: bool) -> None:
             snap = writer.read()
             proposed = next_of(snap.ruleset)
             t0 = time.monotonic()
             rev = writer.commit(snap.revision, proposed)
-            commit_only.append(time.monotonic() - t0) if measure else None
+            elapsed = time.monotonic() - t0
             seen: dict[int, float] = {}
             while len(seen) < args.watchers:
                 idx, r, t = out.get(timeout=30)
                 if r == rev:
                     seen[idx] = t
             if measure:
+                commit_only.append(elapsed)
                 each.extend(t - t0 for t in seen.values())
                 last.append(max(seen.values()) - t0)
 
-        add = lambda rs: core.propose(rs, core.AddMember(Member("pg3")), "pg0", changed_by="b", now="", writer=protocol.new_writer("b"))  # noqa: E731
-        remove = lambda rs: core.propose(rs, core.RemoveMember("pg3"), "pg0", changed_by="b", now="", writer=protocol.new_writer("b"))  # noqa: E731
-        fin = lambda rs: core.finalize(rs, changed_by="b", now="", writer=protocol.new_writer("b"))  # noqa: E731
+        def change(what: core.Change) -> Any:
+            return lambda rs: core.propose(rs, what, "pg0", changed_by="b", now="", writer=protocol.new_writer("b"))
+
+        def fin(rs: core.Ruleset) -> core.Ruleset:
+            return core.finalize(rs, changed_by="b", now="", writer=protocol.new_writer("b"))
+
+        add, remove = change(core.AddMember(Member("pg3"))), change(core.RemoveMember("pg3"))
         for _ in range(10):  # warm up connections
             bare_cas(bare_client, "/bench/bare", bare_state)
         for _ in range(args.rounds):
@@ -134,9 +141,13 @@ def main() -> int:
 
         ms = lambda s: f"{s * 1000:6.2f} ms"  # noqa: E731
         b50, b99 = pct(bare, 50), pct(bare, 99)
-        print(f"bench/propagation: 3-member etcd 3.4 on loopback, {args.watchers} watcher processes, {args.rounds} adds")
+        print(
+            f"bench/propagation: 3-member etcd 3.4 on loopback, {args.watchers} watcher processes, {args.rounds} adds"
+        )
         print(f"  bare etcd3gw CAS txn (to the leader)   p50 {ms(b50)}  p99 {ms(b99)}   n={len(bare)}")
-        print(f"  ruleset CAS + history (commit only)    p50 {ms(pct(commit_only, 50))}  p99 {ms(pct(commit_only, 99))}")
+        print(
+            f"  ruleset CAS + history (commit only)    p50 {ms(pct(commit_only, 50))}  p99 {ms(pct(commit_only, 99))}"
+        )
         for label, xs in (("commit -> each watcher observed", each), ("commit -> all watchers observed", last)):
             r50, r99 = pct(xs, 50) / b50, pct(xs, 99) / b99
             print(

@@ -40,7 +40,9 @@ def main() -> int:
 
     say("Starting a 3-member etcd cluster (Debian etcd 3.4) on free loopback ports")
     etcd = EtcdCluster(3).start()
-    env = dict(os.environ, PGCOHORT_CLUSTER="demo", PGCOHORT_ETCD_ENDPOINTS=",".join(etcd.endpoints), PGCOHORT_ACTOR="demo")
+    env = dict(
+        os.environ, PGCOHORT_CLUSTER="demo", PGCOHORT_ETCD_ENDPOINTS=",".join(etcd.endpoints), PGCOHORT_ACTOR="demo"
+    )
     print(f"PGCOHORT_ETCD_ENDPOINTS={env['PGCOHORT_ETCD_ENDPOINTS']}  PGCOHORT_CLUSTER=demo")
     watcher = subprocess.Popen([BIN, "watch"], env=env, stdout=subprocess.PIPE, text=True)
 

@@ -20,7 +20,11 @@ BIN = os.path.join(os.path.dirname(sys.executable), "pgcohort")
 
 @pytest.fixture
 def env(etcd3: EtcdCluster, cluster_name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = {"PGCOHORT_CLUSTER": cluster_name, "PGCOHORT_ETCD_ENDPOINTS": ",".join(etcd3.endpoints), "PGCOHORT_ACTOR": "test"}
+    values = {
+        "PGCOHORT_CLUSTER": cluster_name,
+        "PGCOHORT_ETCD_ENDPOINTS": ",".join(etcd3.endpoints),
+        "PGCOHORT_ACTOR": "test",
+    }
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     return values
@@ -59,7 +63,12 @@ def test_walkthrough_and_exit_codes(env: dict[str, str], capsys: pytest.CaptureF
     doc = json.loads(capsys.readouterr().out)
     assert doc["phase"] == "joint" and doc["version"] == 4
     assert doc["synchronous_standby_names"] == "ANY 2 (pg1, pg2, pg3)"
-    assert {r["member"]: r["cohort"] for r in doc["members"]} == {"pg0": "member", "pg1": "member", "pg2": "member", "pg3": "member"}
+    assert {r["member"]: r["cohort"] for r in doc["members"]} == {
+        "pg0": "member",
+        "pg1": "member",
+        "pg2": "member",
+        "pg3": "member",
+    }
     assert pgcohort("history", "--json") == 0
     hist = json.loads(capsys.readouterr().out)
     assert [h["version"] for h in hist] == [1, 2, 3, 4]
@@ -105,7 +114,17 @@ def test_invalid_configuration_exit_code(capsys: pytest.CaptureFixture[str], mon
 
 def test_console_script_and_help(env: dict[str, str]) -> None:
     out = subprocess.run([BIN, "--help"], capture_output=True, text=True, check=True).stdout
-    for word in ("init", "add", "remove", "policy", "status", "history", "watch", "PGCOHORT_ETCD_ENDPOINTS", "exit codes"):
+    for word in (
+        "init",
+        "add",
+        "remove",
+        "policy",
+        "status",
+        "history",
+        "watch",
+        "PGCOHORT_ETCD_ENDPOINTS",
+        "exit codes",
+    ):
         assert word in out
     proc = subprocess.run([BIN, "status"], capture_output=True, text=True, env={**os.environ, **env})
     assert proc.returncode == 8 and "pgcohort init" in proc.stderr
