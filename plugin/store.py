@@ -234,9 +234,11 @@ class EtcdStore:
             if code == _GRPC_UNAVAILABLE:
                 self._rotate(index)
                 raise _Unanswered(f"{self.endpoint_url(index)}: {_short(str(e.detail_text))}") from None
-            raise StoreUnavailableError(
-                f"etcd at {self.endpoint_url(index)} refused {path}: {_short(str(e.detail_text))}"
-            ) from None
+            message = _etcd_message(e.detail_text)
+            hint = ""
+            if any(w in message for w in ("user name", "authentication", "permission denied", "auth token")):
+                hint = "; check etcd.user and etcd.password (PGCOHORT_ETCD_USER, PGCOHORT_ETCD_PASSWORD)"
+            raise StoreUnavailableError(f"etcd at {self.endpoint_url(index)} refused {path}: {message}{hint}") from None
         finally:
             if self._observe is not None:
                 self._observe(path, time.monotonic() - started, ok)
@@ -539,6 +541,7 @@ class RulesetWatch:
             start = header + 1
         else:
             start = self.last + 1
+        self.session.headers.update(store.session.headers)  # a token renewed by the read above
         with store._lock:
             index = store._current
         url = store._clients[index].get_url("watch")
@@ -612,6 +615,13 @@ def _grpc_code(detail: str | None) -> int | None:
         return int(body.get("code", body.get("error", {}).get("grpc_code")))
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+def _etcd_message(detail: str | None) -> str:
+    try:
+        return str(json.loads(detail or "")["message"])
+    except (ValueError, TypeError, KeyError):
+        return _short(str(detail))
 
 
 def _short(text: str) -> str:

@@ -300,3 +300,26 @@ def test_term_cas_compares_ruleset_and_term(store: EtcdStore) -> None:
     with pytest.raises(ConflictError, match="survey again"):
         store.put_term(snap.revision, term.revision, stale)
     assert store.read_term().term.primary == "pg1"
+
+
+@pytest.mark.fault
+def test_token_auth(etcd_private: EtcdCluster, cluster_name: str) -> None:
+    """With etcd auth enabled, user/password get a token that every request and the watch send."""
+    import subprocess
+
+    ctl = ["etcdctl", "--endpoints", etcd_private.endpoints[0]]
+    env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
+    for args in (["user", "add", "root:rootpw"], ["auth", "enable"]):
+        subprocess.run(ctl + args, env=env, check=True, capture_output=True)
+    s = make_store(etcd_private, cluster_name, user="root", password="rootpw")
+    first = protocol.init(s, three_members(), "pg0", actor="a").snapshot.revision
+    views = s.watch()
+    try:
+        assert next(iter(views)).revision == first
+    finally:
+        views.close()
+    anonymous = make_store(etcd_private, cluster_name, retry_for=1)
+    with pytest.raises(StoreUnavailableError, match="user name is empty|permission denied|invalid auth token"):
+        anonymous.read()
+    with pytest.raises(StoreUnavailableError, match="authentication failed"):
+        make_store(etcd_private, cluster_name, user="root", password="wrong")
