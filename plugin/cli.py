@@ -2,7 +2,7 @@
 
 Exit codes (one per error class, see :mod:`plugin.errors`): 0 done, 2 invalid input,
 3 refused by the rules, 4 conflict, 5 etcd unavailable, 6 indeterminate write,
-7 invalid record in etcd, 8 not initialized, 9 PostgreSQL unreachable, 130 interrupted.
+7 invalid record in etcd, 8 not initialized, 9 PostgreSQL unreachable or not done, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _MEMBER_SPEC = re.compile(r"(?P<name>[^@/]+)(?:@(?P<host>\[[^\]]+\]|[^/:\[]+)(?:
 EXIT_CODES = """exit codes:
   0 done   2 invalid input   3 refused by the rules   4 conflict (stale revision)
   5 etcd unavailable   6 indeterminate write   7 invalid record in etcd
-  8 not initialized   9 PostgreSQL unreachable   130 interrupted"""
+  8 not initialized   9 PostgreSQL unreachable or not done   130 interrupted"""
 
 
 def parse_member(spec: str, *, host: str | None = None, port: int | None = None, zone: str | None = None) -> Member:
@@ -49,14 +49,21 @@ def _actor() -> str:
     return os.environ.get("PGCOHORT_ACTOR") or f"{os.environ.get('USER', 'cli')}@{socket.gethostname()}"
 
 
-def _store(args: argparse.Namespace) -> EtcdStore:
+def _config(args: argparse.Namespace, need: tuple[str, ...] = ()) -> config.Config:
     flags = {
         "cluster": args.cluster,
         "etcd.endpoints": args.etcd,
         "etcd.prefix": args.prefix,
         "etcd.timeout": args.timeout,
+        "node.name": getattr(args, "name", None),
+        "postgres.dsn": getattr(args, "dsn", None),
+        "sidecar.listen": getattr(args, "listen", None),
     }
-    cfg = config.load(flags, file=args.config)
+    return config.load(flags, file=args.config, need=need)
+
+
+def _store(args: argparse.Namespace, cfg: config.Config | None = None, **kw: Any) -> EtcdStore:
+    cfg = cfg or _config(args)
     return EtcdStore(
         cfg["etcd.endpoints"],
         cfg["cluster"],
@@ -65,6 +72,7 @@ def _store(args: argparse.Namespace) -> EtcdStore:
         retry_for=cfg["etcd.retry_for"],
         user=cfg["etcd.user"],
         password=cfg["etcd.password"],
+        **kw,
     )
 
 
@@ -101,10 +109,12 @@ def status_document(snap: Snapshot, term: TermSnapshot, nodes: dict[str, dict[st
     for r in rs.active_rules():
         for mm in r.cohort:
             members.setdefault(mm.name, mm)
+    replication = nodes.get(primary, {}).get("replication") or {}
     rows = []
     for name in sorted(set(members) | set(nodes)):
         m = members.get(name)
         node = nodes.get(name, {})
+        rep = replication.get(name) if isinstance(replication, dict) else None
         role = node.get("role") or ("primary" if name == primary else None)
         rows.append(
             {
@@ -114,7 +124,8 @@ def status_document(snap: Snapshot, term: TermSnapshot, nodes: dict[str, dict[st
                 "role": role,
                 "cohort": _membership(rs, name),
                 "seen_revision": node.get("seen_revision"),
-                "lag_bytes": node.get("lag_bytes"),
+                "lag_bytes": rep.get("lag_bytes") if isinstance(rep, dict) else None,
+                "sync_state": rep.get("sync_state") if isinstance(rep, dict) else None,
             }
         )
     try:
@@ -202,12 +213,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if doc["change"]:
         print(f"Change in progress: {doc['change']} (by {doc['changed_by']} at {doc['changed_at']})")
     print(f"Term {doc['term']}: primary {doc['primary']}")
-    print(f"synchronous_standby_names for the new rule: {doc['synchronous_standby_names']}")
+    print(f"synchronous_standby_names of the committed rule: {doc['synchronous_standby_names']}")
     rows = [
-        [r["member"], r["zone"], r["host"], r["role"], r["cohort"], r["seen_revision"], r["lag_bytes"]]
+        [r["member"], r["zone"], r["host"], r["role"], r["cohort"], r["sync_state"], r["lag_bytes"], r["seen_revision"]]
         for r in doc["members"]
     ]
-    print(_table(["Member", "Zone", "Host", "Role", "Cohort", "Seen revision", "Lag (bytes)"], rows))
+    print(_table(["Member", "Zone", "Host", "Role", "Cohort", "Sync state", "Lag (bytes)", "Seen revision"], rows))
     return 0
 
 
@@ -243,6 +254,62 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 break
     finally:
         watch.close()
+    return 0
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    import logging
+    import threading
+
+    from adapters.postgres import PostgresNode
+    from plugin import api, sidecar
+    from plugin.metrics import Metrics
+
+    cfg = _config(args, need=("node.name",))
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {cfg['node.name']} %(levelname)s %(message)s")
+    metrics = Metrics(cfg["node.name"])
+    store = _store(args, cfg, observe=metrics.observe_etcd)
+    metrics.watch_store(store.stats)
+    settings = sidecar.Settings(
+        name=cfg["node.name"],
+        zone=cfg["node.zone"],
+        host=cfg["node.host"],
+        port=cfg["node.port"],
+        interval=cfg["sidecar.interval"],
+        ttl=cfg["sidecar.ttl"],
+        barrier_timeout=cfg["sidecar.barrier_timeout"],
+        auto_admit=cfg["sidecar.auto_admit"],
+        admit_max_lag=cfg["sidecar.admit_max_lag"],
+        admit_stable_for=cfg["sidecar.admit_stable_for"],
+        leave_timeout=cfg["sidecar.leave_timeout"],
+    )
+    car = sidecar.Sidecar(settings, store, PostgresNode(cfg["postgres.dsn"]), metrics)
+    host, _, port = cfg["sidecar.listen"].rpartition(":")
+    try:
+        server = api.serve(car, host or "127.0.0.1", int(port))
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"cannot listen on {cfg['sidecar.listen']!r}: {e}") from None
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    leaving = threading.Event()
+    sidecar.install_signal_handlers(car, leaving)
+    logging.info(
+        "sidecar for %s: http://%s/health, etcd %s",
+        settings.name,
+        cfg["sidecar.listen"],
+        ", ".join(cfg["etcd.endpoints"]),
+    )
+    car.run()
+    server.shutdown()
+    if leaving.is_set():
+        logging.info("SIGTERM: %s", sidecar.leave(store, settings.name, timeout=settings.leave_timeout))
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    from plugin import sidecar
+
+    cfg = _config(args, need=("node.name",))
+    print(sidecar.leave(_store(args, cfg), cfg["node.name"], timeout=cfg["sidecar.leave_timeout"]))
     return 0
 
 
@@ -312,6 +379,19 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", type=int, metavar="REVISION", help="replay every change after this revision")
     sp.add_argument("--count", type=int, help="stop after this many rulesets")
     sp.add_argument("--json", action="store_true")
+
+    sp = add(
+        "sidecar",
+        "run beside one PostgreSQL node: publish its status, apply committed rulesets on the primary, serve "
+        "/health /ruleset /metrics; on SIGTERM leave the cohort first",
+        cmd_sidecar,
+    )
+    sp.add_argument("--name", help="this node's member name (PGCOHORT_NODE_NAME)")
+    sp.add_argument("--dsn", help="libpq DSN of this node's PostgreSQL (PGCOHORT_POSTGRES_DSN)")
+    sp.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (PGCOHORT_SIDECAR_LISTEN)")
+
+    sp = add("leave", "remove this node from the cohort through the protocol and wait for the finalize", cmd_leave)
+    sp.add_argument("--name", help="this node's member name (PGCOHORT_NODE_NAME)")
 
     sp = add("finalize", "end the joint phase by hand (normally the sidecar's step, after its barrier)", cmd_finalize)
     sp.add_argument(

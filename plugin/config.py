@@ -43,6 +43,23 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(("etcd", "retry_for"), float, 10.0, "seconds to keep retrying other endpoints"),
     Setting(("etcd", "user"), str, None, "etcd user (token auth); empty for none"),
     Setting(("etcd", "password"), str, None, "etcd password"),
+    Setting(("node", "name"), str, None, "this node's member name (= its application_name); sidecar, leave"),
+    Setting(("node", "zone"), str, "default", "this node's zone"),
+    Setting(("node", "host"), str, "127.0.0.1", "address other members reach this node's PostgreSQL at"),
+    Setting(("node", "port"), int, 5432, "port of this node's PostgreSQL, as others reach it"),
+    Setting(
+        ("postgres", "dsn"), str, "host=127.0.0.1 port=5432 user=postgres dbname=postgres", "libpq DSN the sidecar uses"
+    ),
+    Setting(("sidecar", "listen"), str, "127.0.0.1:8010", "HOST:PORT of /health, /ruleset, /metrics"),
+    Setting(("sidecar", "interval"), float, 1.0, "seconds between checks (changes are acted on at once)"),
+    Setting(("sidecar", "ttl"), int, 10, "seconds the nodes/<name> record outlives a dead sidecar"),
+    Setting(("sidecar", "barrier_timeout"), float, 10.0, "seconds to wait for a barrier's acknowledgement"),
+    Setting(("sidecar", "auto_admit"), bool, False, "propose caught-up registered standbys as members"),
+    Setting(
+        ("sidecar", "admit_max_lag"), int, 16 * 1024 * 1024, "bytes behind the primary a standby may be to be admitted"
+    ),
+    Setting(("sidecar", "admit_stable_for"), float, 10.0, "seconds a standby must stay caught up before admission"),
+    Setting(("sidecar", "leave_timeout"), float, 30.0, "seconds `leave` waits for its removal to be finalized"),
 )
 
 
@@ -64,6 +81,27 @@ def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
             problems.append(f"{s.dotted} ({source}): expected a non-empty list of strings, got {raw!r}")
             return None
         return raw
+    if s.kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        problems.append(f"{s.dotted} ({source}): expected true or false, got {raw!r}")
+        return None
+    if s.kind is int:
+        try:
+            if isinstance(raw, bool) or float(raw) != int(float(raw)):
+                raise ValueError
+            number = int(float(raw))
+        except (TypeError, ValueError):
+            problems.append(f"{s.dotted} ({source}): expected a whole number, got {raw!r}")
+            return None
+        if number < 0:
+            problems.append(f"{s.dotted} ({source}): must be >= 0, got {raw!r}")
+            return None
+        return number
     if s.kind is float:
         try:
             value = float(raw)
@@ -94,8 +132,17 @@ def _flatten(doc: Any, problems: list[str], path: tuple[str, ...] = ()) -> dict[
     return out
 
 
-def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, file: str | None = None) -> Config:
-    """Merge the sources; ``flags`` maps dotted keys to values given on the command line."""
+def load(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    file: str | None = None,
+    *,
+    need: tuple[str, ...] = (),
+) -> Config:
+    """Merge the sources; ``flags`` maps dotted keys to values given on the command line.
+
+    ``need`` names settings that have no default but the calling command requires.
+    """
     env = os.environ if env is None else env
     problems: list[str] = []
     file = file or env.get("PGCOHORT_CONFIG")
@@ -120,8 +167,10 @@ def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, file: s
             values[s.dotted] = _coerce(s, from_file[s.path], f"file {file}", problems)
         else:
             values[s.dotted] = s.default
-    if not values.get("cluster"):
-        problems.append("cluster: not set (use --cluster, PGCOHORT_CLUSTER or 'cluster:' in the config file)")
+    for dotted in ("cluster", *need):
+        if values.get(dotted) is None or values.get(dotted) == "":
+            s = next(x for x in SCHEMA if x.dotted == dotted)
+            problems.append(f"{dotted}: not set (use {s.env} or '{dotted}' in the config file)")
     if problems:
         raise InvalidInputError("invalid configuration; nothing was started:\n  " + "\n  ".join(problems))
     return Config(values)

@@ -12,7 +12,10 @@ one function, and the CLI maps each class to one exit code::
      ├── IndeterminateError       exit 6  a write may or may not have committed: re-read before acting
      ├── InvalidRecordError       exit 7  a record in etcd is not a valid pgcohort record; nothing changed
      ├── NotInitializedError      exit 8  the cluster has no ruleset yet: run `pgcohort init`
-     └── PostgresUnreachableError exit 9  the PostgreSQL server did not answer
+     └── PostgresError            exit 9  PostgreSQL did not do what was asked
+          ├── PostgresUnreachableError    the server did not answer, or the query failed
+          ├── NotInForceError             a setting was written but is not yet in force
+          └── BarrierPendingError         the barrier commit is not acknowledged yet
 
 Messages say what was wrong, what state was kept and what to do next.
 """
@@ -76,7 +79,19 @@ class NotInitializedError(PgcohortError):
     exit_code = 8
 
 
-class PostgresUnreachableError(PgcohortError):
-    """The PostgreSQL server could not be reached or did not answer in time."""
+class PostgresError(PgcohortError):
+    """PostgreSQL did not do what was asked."""
 
     exit_code = 9
+
+
+class PostgresUnreachableError(PostgresError):
+    """The PostgreSQL server could not be reached, or a query failed."""
+
+
+class NotInForceError(PostgresError):
+    """The setting was written but PostgreSQL did not show it in force in time."""
+
+
+class BarrierPendingError(PostgresError):
+    """The barrier commit was not acknowledged in time; it keeps waiting and is reused."""

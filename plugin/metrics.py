@@ -1,0 +1,99 @@
+"""Prometheus metrics of one sidecar: the only module that imports prometheus_client.
+
+Every metric is prefixed ``pgcohort_``; ``dashboards/`` has a Grafana dashboard and alert
+rules built on these names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from plugin.core.ruleset import Ruleset
+from plugin.store import StoreStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StoreCollector(Collector):
+    """Reads the store's own counters at scrape time (the store imports no metrics library)."""
+
+    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        s = self.stats()
+        yield CounterMetricFamily("pgcohort_etcd_errors", "etcd requests that failed", value=s.errors)
+        yield CounterMetricFamily(
+            "pgcohort_etcd_endpoint_rotations", "moves to the next etcd endpoint", value=s.rotations
+        )
+        yield CounterMetricFamily(
+            "pgcohort_watch_resyncs", "watch streams restarted from a linearizable read", value=s.watch_resyncs
+        )
+
+
+class Metrics:
+    def __init__(self, member: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.member = member
+        self.revision = Gauge("pgcohort_ruleset_revision", "etcd revision of the committed ruleset", registry=r)
+        self.version = Gauge("pgcohort_ruleset_version", "version of the committed ruleset", registry=r)
+        self.joint = Gauge("pgcohort_ruleset_joint", "1 while a change is in its joint phase", registry=r)
+        self.joint_seconds = Gauge(
+            "pgcohort_joint_phase_seconds", "seconds the current joint phase has lasted", registry=r
+        )
+        self.cohort_size = Gauge("pgcohort_cohort_size", "members in the committed rule's cohort", registry=r)
+        self.required_acks = Gauge("pgcohort_required_acks", "standby acks that make a write durable (K)", registry=r)
+        self.seen = Gauge(
+            "pgcohort_seen_revision", "latest ruleset revision this sidecar's watch delivered", registry=r
+        )
+        self.applied = Gauge(
+            "pgcohort_applied_revision",
+            "ruleset revision whose setting this sidecar verified in force (primary)",
+            registry=r,
+        )
+        self.fenced = Gauge(
+            "pgcohort_fenced", "1 if this node's PostgreSQL is a primary the term does not name", registry=r
+        )
+        self.healthy = Gauge("pgcohort_healthy", "1 if /health answers 200", registry=r)
+        self.is_primary = Gauge("pgcohort_primary", "1 if this node's PostgreSQL is a primary", registry=r)
+        self.changes = Counter(
+            "pgcohort_changes", "ruleset changes this sidecar attempted, by result", ["result"], registry=r
+        )
+        for result in ("proposed", "conflicted", "refused", "finalized"):
+            self.changes.labels(result)
+        self.lag = Gauge("pgcohort_node_lag_bytes", "standby flush lag seen by the primary", ["member"], registry=r)
+        self.etcd_seconds = Histogram(
+            "pgcohort_etcd_request_seconds",
+            "etcd request latency by API path",
+            ["path"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+    def watch_store(self, stats: Callable[[], StoreStats]) -> None:
+        self.registry.register(_StoreCollector(stats))
+
+    def observe_etcd(self, path: str, seconds: float, ok: bool) -> None:
+        self.etcd_seconds.labels(path).observe(seconds)
+
+    def ruleset(self, rs: Ruleset, revision: int, joint_seconds: float) -> None:
+        self.revision.set(revision)
+        self.version.set(rs.version)
+        self.joint.set(1 if rs.phase == "joint" else 0)
+        self.joint_seconds.set(joint_seconds if rs.phase == "joint" else 0)
+        self.cohort_size.set(len(rs.rule.cohort))
+        self.required_acks.set(rs.rule.acks())
+
+    def lags(self, lags: dict[str, int | None]) -> None:
+        self.lag.clear()
+        for name, value in lags.items():
+            if value is not None:
+                self.lag.labels(name).set(value)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

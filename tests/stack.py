@@ -1,0 +1,166 @@
+"""The whole native topology for tests, demo and benchmarks: etcd, PostgreSQL, sidecars.
+
+The same topology as ``docker-compose.yml``, run as local processes on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin import protocol
+from plugin.core.rules import AnyK, Member, Rule
+from plugin.store import EtcdStore
+from tests.pg import PgCluster, PgNode
+from tests.servers import EtcdCluster, free_ports
+
+BIN = os.path.join(os.path.dirname(sys.executable), "pgcohort")
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback)
+            body = r.read()
+            return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body.decode())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@dataclass
+class SidecarProcess:
+    name: str
+    port: int
+    log_path: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([BIN, "sidecar"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http_get(self.url + path)
+
+    def wait_http(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.get("/health")
+                return
+            except OSError:
+                if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"sidecar {self.name} did not start; see {self.log_path}") from None
+                time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    @property
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+@dataclass
+class Stack:
+    """etcd (3 members) + a PostgreSQL primary with streaming standbys + one sidecar each."""
+
+    cluster: str = "main"
+    etcd_size: int = 3
+    etcd: EtcdCluster = field(init=False)
+    pg: PgCluster = field(default_factory=PgCluster)
+    sidecars: dict[str, SidecarProcess] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, standbys: int = 3, policy: int = 1, sidecars: bool = True) -> Stack:
+        self.etcd = EtcdCluster(self.etcd_size).start()
+        self.pg.init_primary("pg0")
+        for i in range(1, standbys + 1):
+            self.pg.add_standby(f"pg{i}", "pg0")
+        rule = Rule(AnyK(policy), tuple(self.member(n) for n in self.pg.nodes))
+        protocol.init(self.store(), rule, "pg0", actor="stack")
+        if sidecars:
+            for name in self.pg.nodes:
+                self.start_sidecar(name)
+        return self
+
+    def member(self, name: str) -> Member:
+        return Member(name, "127.0.0.1", self.pg.nodes[name].port, "zone-a" if name in ("pg0", "pg1") else "zone-b")
+
+    def store(self, **kw: Any) -> EtcdStore:
+        kw.setdefault("timeout", 2.0)
+        kw.setdefault("retry_for", 15.0)
+        return EtcdStore(self.etcd.endpoints, self.cluster, **kw)
+
+    def env_for(self, node: PgNode, port: int) -> dict[str, str]:
+        member = self.member(node.name)
+        return {
+            **os.environ,
+            "PGCOHORT_CLUSTER": self.cluster,
+            "PGCOHORT_ETCD_ENDPOINTS": ",".join(self.etcd.endpoints),
+            "PGCOHORT_ETCD_TIMEOUT": "1",
+            "PGCOHORT_ETCD_RETRY_FOR": "3",
+            "PGCOHORT_NODE_NAME": node.name,
+            "PGCOHORT_NODE_ZONE": member.zone,
+            "PGCOHORT_NODE_PORT": str(node.port),
+            "PGCOHORT_POSTGRES_DSN": node.dsn,
+            "PGCOHORT_SIDECAR_LISTEN": f"127.0.0.1:{port}",
+            "PGCOHORT_SIDECAR_INTERVAL": "0.5",
+            "PGCOHORT_SIDECAR_TTL": "3",
+            **self.extra_env,
+        }
+
+    def start_sidecar(self, name: str, **env: str) -> SidecarProcess:
+        old = self.sidecars.get(name)
+        (port,) = (old.port,) if old else free_ports(1)
+        car = SidecarProcess(name, port, os.path.join(self.pg.root, f"sidecar-{name}.log"), {**self.env_for(self.pg.nodes[name], port), **env})
+        car.start()
+        car.wait_http()
+        self.sidecars[name] = car
+        return car
+
+    def primary_setting(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.pg.nodes["pg0"].dsn, autocommit=True) as conn:
+            row = conn.execute("SHOW synchronous_standby_names").fetchone()
+            return str(row[0]) if row else ""
+
+    def wait(self, what: str, check: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {n}\n{c.log[-3000:]}" for n, c in self.sidecars.items())
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+            time.sleep(interval)
+
+    def close(self) -> None:
+        for car in self.sidecars.values():
+            car.kill()
+        self.pg.close()
+        self.etcd.close()
