@@ -125,7 +125,8 @@ class PostgresNode:
     def _query(self, what: str, query: sql.Composable | str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with _translated(what, self.dsn):
             try:
-                return self._session().execute(query, params).fetchall()  # type: ignore[arg-type]
+                cur = self._session().execute(query, params)  # type: ignore[arg-type]
+                return cur.fetchall() if cur.description is not None else []
             except psycopg.OperationalError:
                 self.close()
                 raise

@@ -29,7 +29,17 @@ def _pg_ids() -> tuple[int, int]:
 
 def as_postgres(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(args, user="postgres", group="postgres", extra_groups=[], check=True, capture_output=True, text=True, cwd="/", **kw)  # type: ignore[call-overload, no-any-return]
+        return subprocess.run(
+            args,
+            user="postgres",
+            group="postgres",
+            extra_groups=[],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            **kw,
+        )  # type: ignore[call-overload, no-any-return]
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"{args[0]} failed: {e.stderr or e.stdout}") from None
 
@@ -69,7 +79,9 @@ class PgCluster:
 
     def init_primary(self, name: str) -> PgNode:
         node = self._new_node(name)
-        as_postgres([f"{PG_BIN}/initdb", "-D", node.data_dir, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+        as_postgres(
+            [f"{PG_BIN}/initdb", "-D", node.data_dir, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]
+        )
         with open(os.path.join(node.data_dir, "postgresql.conf"), "a") as f:
             f.write(
                 "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
@@ -86,7 +98,22 @@ class PgCluster:
         src = self.nodes[primary]
         node = self._new_node(name)
         as_postgres(
-            [f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(src.port), "-U", "postgres", "-D", node.data_dir, "-X", "stream", "-c", "fast", "--no-sync"]
+            [
+                f"{PG_BIN}/pg_basebackup",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(src.port),
+                "-U",
+                "postgres",
+                "-D",
+                node.data_dir,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ]
         )
         self.follow(node, primary)
         self.start(node)
@@ -97,7 +124,12 @@ class PgCluster:
         src = self.nodes[primary]
         auto = os.path.join(node.data_dir, "postgresql.auto.conf")
         # pg_basebackup copies the primary's auto.conf: drop its synchronous_standby_names.
-        kept = [line for line in open(auto).read().splitlines() if not line.startswith(("synchronous_standby_names", "primary_conninfo", "pgcohort."))]
+        with open(auto) as f:
+            kept = [
+                line
+                for line in f.read().splitlines()
+                if not line.startswith(("synchronous_standby_names", "primary_conninfo"))
+            ]
         kept.append(f"primary_conninfo = 'host=127.0.0.1 port={src.port} user=postgres application_name={node.name}'")
         with open(auto, "w") as f:
             f.write("\n".join(kept) + "\n")

@@ -135,7 +135,12 @@ class Stack:
     def start_sidecar(self, name: str, **env: str) -> SidecarProcess:
         old = self.sidecars.get(name)
         (port,) = (old.port,) if old else free_ports(1)
-        car = SidecarProcess(name, port, os.path.join(self.pg.root, f"sidecar-{name}.log"), {**self.env_for(self.pg.nodes[name], port), **env})
+        car = SidecarProcess(
+            name,
+            port,
+            os.path.join(self.pg.root, f"sidecar-{name}.log"),
+            {**self.env_for(self.pg.nodes[name], port), **env},
+        )
         car.start()
         car.wait_http()
         self.sidecars[name] = car
