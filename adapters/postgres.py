@@ -166,30 +166,34 @@ class PostgresNode:
 
     def apply(self, fresh: Callable[[], Desired], *, timeout: float = 5.0) -> Desired:
         """Enforce the setting ``fresh()`` renders, under the advisory lock; wait until in force."""
-        with _translated("apply synchronous_standby_names", self.dsn), self._connect() as conn:
-            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout * 1000)}ms")))
-            conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        with _translated("apply synchronous_standby_names", self.dsn):
             try:
-                desired = fresh()  # read inside the lock hold: writes follow revision order
-                row = conn.execute("SELECT current_setting('synchronous_standby_names')").fetchone()
-                before = str(row[0]) if row else ""
-                if before != desired.setting:
-                    conn.execute(
-                        sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(desired.setting))
-                    )
-                    conn.execute("SELECT pg_reload_conf()")
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+                conn = self._session()
+                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout * 1000)}ms")))
+                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+                try:
+                    desired = fresh()  # read inside the lock hold: writes follow revision order
+                    row = conn.execute("SELECT current_setting('synchronous_standby_names')").fetchone()
+                    before = str(row[0]) if row else ""
+                    if before != desired.setting:
+                        conn.execute(
+                            sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
+                                sql.Literal(desired.setting)
+                            )
+                        )
+                        conn.execute("SELECT pg_reload_conf()")
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            except psycopg.OperationalError:
+                self.close()  # a broken session also released the lock on the server
+                raise
         self.wait_in_force(desired, timeout=timeout)
         if not before.strip():
-            with _translated("checkpoint", self.dsn), self._connect() as conn:
-                conn.execute("CHECKPOINT")  # the checkpointer now knows sync standbys are defined
+            self._query("checkpoint", "CHECKPOINT")  # the checkpointer now knows sync standbys are defined
         return desired
 
     def in_force(self, desired: Desired) -> bool:
-        """True when a new session shows the setting and every WAL sender agrees with it."""
-        if self.setting_shown_by_new_session() != desired.setting:
-            return False
+        """True when every WAL sender agrees with the setting and a new session shows it."""
         listed = {n.lower() for n in desired.standbys}
         for r in self.observe().replication:
             if r.state != "streaming":
@@ -197,7 +201,7 @@ class PostgresNode:
             counted = r.sync_state in ("sync", "quorum", "potential") and r.sync_priority > 0
             if counted != (r.name.lower() in listed):
                 return False
-        return True
+        return self.setting_shown_by_new_session() == desired.setting
 
     def wait_in_force(self, desired: Desired, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -207,7 +211,7 @@ class PostgresNode:
                     f"synchronous_standby_names = {desired.setting!r} (revision {desired.revision}) was written "
                     f"but PostgreSQL did not show it in force within {timeout:g}s; the sidecar will retry"
                 )
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     # --- the barrier ------------------------------------------------------------------
 

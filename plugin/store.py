@@ -322,14 +322,21 @@ class EtcdStore:
         return self._snapshot(kvs[0])
 
     def read_term(self) -> TermSnapshot:
-        kvs, _ = self._range(self.term_key)
-        if not kvs:
-            raise NotInitializedError(f"no term at {self.term_key}: run `pgcohort init` for this cluster first")
-        rev = Revision(int(kvs[0]["mod_revision"]))
-        return TermSnapshot(decode_term(_unb64(kvs[0].get("value", "")), f"{self.term_key} (revision {rev})"), rev)
+        return self.read_both()[1]
 
     def read_both(self) -> tuple[Snapshot, TermSnapshot]:
-        return self.read(), self.read_term()
+        """The ruleset and the term at one revision: one read-only (linearizable) transaction."""
+        ranges = [{"request_range": {"key": _b64(k)}} for k in (self.ruleset_key, self.term_key)]
+        resp = self._read("kv/txn", {"compare": [], "success": ranges, "failure": []})
+        found = [r.get("response_range", {}).get("kvs", []) for r in resp.get("responses", [])]
+        if len(found) != 2 or not found[0] or not found[1]:
+            raise NotInitializedError(
+                f"no ruleset or term under {self.root}: run `pgcohort init` for this cluster first"
+            )
+        term_kv = found[1][0]
+        rev = Revision(int(term_kv["mod_revision"]))
+        term = TermSnapshot(decode_term(_unb64(term_kv.get("value", "")), f"{self.term_key} (revision {rev})"), rev)
+        return self._snapshot(found[0][0]), term
 
     def init(self, ruleset: Ruleset, term: Term) -> Revision:
         """Create ruleset version 1, its history entry and term 1, only if none exist."""
