@@ -113,6 +113,7 @@ class StoreStats:
     errors: int
     rotations: int
     watch_resyncs: int
+    watch_silences: int
 
 
 class EtcdStore:
@@ -144,7 +145,7 @@ class EtcdStore:
         self._observe = observe
         self._lock = threading.Lock()
         self._current = 0
-        self._stats = {"requests": 0, "errors": 0, "rotations": 0, "watch_resyncs": 0}
+        self._stats = {"requests": 0, "errors": 0, "rotations": 0, "watch_resyncs": 0, "watch_silences": 0}
         self.session = requests.Session()
         self.session.trust_env = False  # REQUESTS_CA_BUNDLE / proxies must not redirect etcd traffic
         self._clients = [
@@ -523,6 +524,10 @@ class RulesetWatch:
             except (requests.RequestException, ValueError, KeyError, _NotSent, _Unanswered, PgcohortError) as e:
                 if self._closed.is_set():
                     return
+                if "Read timed out" in str(e):
+                    # Silence: idle, or a paused member. Re-verify with a linearizable read.
+                    self.store._count("watch_silences")
+                    continue
                 log.info("watch on %s: %s; resyncing", self.store.endpoint_url(), _short(str(e)))
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
