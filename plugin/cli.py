@@ -120,7 +120,7 @@ def status_document(snap: Snapshot, term: TermSnapshot, nodes: dict[str, dict[st
             {
                 "member": name,
                 "zone": m.zone if m else node.get("zone"),
-                "host": f"{m.host}:{m.port}" if m else node.get("address"),
+                "host": f"{m.host}:{m.port}" if m else (f"{node['host']}:{node['port']}" if "host" in node else None),
                 "role": role,
                 "cohort": _membership(rs, name),
                 "seen_revision": node.get("seen_revision"),

@@ -94,13 +94,14 @@ class Stack:
     sidecars: dict[str, SidecarProcess] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def start(self, standbys: int = 3, policy: int = 1, sidecars: bool = True) -> Stack:
+    def start(self, standbys: int = 3, policy: int = 1, sidecars: bool = True, init: bool = True) -> Stack:
         self.etcd = EtcdCluster(self.etcd_size).start()
         self.pg.init_primary("pg0")
         for i in range(1, standbys + 1):
             self.pg.add_standby(f"pg{i}", "pg0")
-        rule = Rule(AnyK(policy), tuple(self.member(n) for n in self.pg.nodes))
-        protocol.init(self.store(), rule, "pg0", actor="stack")
+        if init:
+            rule = Rule(AnyK(policy), tuple(self.member(n) for n in self.pg.nodes))
+            protocol.init(self.store(), rule, "pg0", actor="stack")
         if sidecars:
             for name in self.pg.nodes:
                 self.start_sidecar(name)

@@ -21,7 +21,9 @@ def compose() -> dict:  # type: ignore[type-arg]
 
 def test_docker_compose_accepts_it() -> None:
     need("docker-compose", "docker-compose (Debian package)")
-    out = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
 
 

@@ -48,6 +48,9 @@ def test_alert_rules_pass_promtool() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("name", ["pgcohort_ruleset_revision", "pgcohort_healthy", "pgcohort_etcd_errors_total", "pgcohort_watch_resyncs_total"])
+@pytest.mark.parametrize(
+    "name",
+    ["pgcohort_ruleset_revision", "pgcohort_healthy", "pgcohort_etcd_errors_total", "pgcohort_watch_resyncs_total"],
+)
 def test_core_metrics_exist(name: str) -> None:
     assert name in exported_names()
