@@ -305,6 +305,58 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(cfg: config.Config) -> Any:
+    from adapters.postgres import PostgresNode
+
+    options = cfg["postgres.member_options"]
+    return lambda m: PostgresNode(f"host={m.host.strip('[]')} port={m.port} {options}")
+
+
+def _report_gate(outcome: Any, promoted: bool) -> None:
+    t = outcome.term
+    print(str(outcome.decision))
+    if outcome.survey.unreachable:
+        for name, why in sorted(outcome.survey.unreachable.items()):
+            print(f"  unreachable {name}: {why}")
+    stale = f" after {outcome.attempts - 1} stale view(s) re-read" if outcome.attempts > 1 else ""
+    print(
+        f"term {t.term} committed at revision {outcome.term_revision}{stale}: primary {t.primary} (ruleset revision {t.ruleset_revision})"
+    )
+    if t.forced:
+        print(f"FORCED: {t.forced}")
+    print(f"promoted {t.primary}" if promoted else f"{t.primary} may now be promoted")
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from plugin import gate
+
+    cfg = _config(args)
+    candidate = args.candidate or cfg["node.name"]
+    if not candidate:
+        raise InvalidInputError("gate needs --candidate (or PGCOHORT_NODE_NAME): the node about to be promoted")
+    outcome = gate.gate(
+        _store(args, cfg), _connect(cfg), actor=_actor(), writer=protocol.new_writer(_actor()), candidate=candidate
+    )
+    _report_gate(outcome, promoted=False)
+    return 0
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    from plugin import gate
+
+    cfg = _config(args)
+    outcome = gate.failover(
+        _store(args, cfg),
+        _connect(cfg),
+        actor=_actor(),
+        writer=protocol.new_writer(_actor()),
+        candidate=args.candidate,
+        allow_data_loss=args.allow_data_loss,
+    )
+    _report_gate(outcome, promoted=True)
+    return 0
+
+
 def cmd_leave(args: argparse.Namespace) -> int:
     from plugin import sidecar
 
@@ -392,6 +444,28 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("leave", "remove this node from the cohort through the protocol and wait for the finalize", cmd_leave)
     sp.add_argument("--name", help="this node's member name (PGCOHORT_NODE_NAME)")
+
+    sp = add(
+        "failover",
+        "revoke and survey the cohort, check the failover rule against every active rule, record the new term "
+        "(CAS on the ruleset and term revisions), then promote",
+        cmd_failover,
+    )
+    sp.add_argument("--candidate", help="promote this member (default: the most advanced eligible one)")
+    sp.add_argument(
+        "--allow-data-loss",
+        action="store_true",
+        help="when too few members survive for a safe failover, promote anyway; recorded in the term and its history",
+    )
+
+    sp = add(
+        "gate",
+        "for an HA manager's pre-promote hook: exit 0 only if the failover rule allows promoting the candidate and "
+        "the new term naming it is committed",
+        cmd_gate,
+    )
+    sp.add_argument("--candidate", help="the member about to be promoted (default: PGCOHORT_NODE_NAME)")
+    sp.add_argument("--name", help=argparse.SUPPRESS)
 
     sp = add("finalize", "end the joint phase by hand (normally the sidecar's step, after its barrier)", cmd_finalize)
     sp.add_argument(

@@ -50,6 +50,12 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(
         ("postgres", "dsn"), str, "host=127.0.0.1 port=5432 user=postgres dbname=postgres", "libpq DSN the sidecar uses"
     ),
+    Setting(
+        ("postgres", "member_options"),
+        str,
+        "user=postgres dbname=postgres connect_timeout=3",
+        "libpq options for reaching other members (host and port come from the ruleset); failover, gate",
+    ),
     Setting(("sidecar", "listen"), str, "127.0.0.1:8010", "HOST:PORT of /health, /ruleset, /metrics"),
     Setting(("sidecar", "interval"), float, 1.0, "seconds between checks (changes are acted on at once)"),
     Setting(("sidecar", "ttl"), int, 10, "seconds the nodes/<name> record outlives a dead sidecar"),

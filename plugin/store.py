@@ -168,6 +168,9 @@ class EtcdStore:
     def history_key(self, version: int) -> str:
         return f"{self.root}history/{version:010d}"
 
+    def term_history_key(self, term: int) -> str:
+        return f"{self.root}history/term-{term:010d}"
+
     def node_key(self, name: str) -> str:
         return f"{self.root}nodes/{name}"
 
@@ -350,6 +353,7 @@ class EtcdStore:
             _put(self.ruleset_key, encode(ruleset)),
             _put(self.history_key(ruleset.version), encode(ruleset)),
             _put(self.term_key, encode_term(term)),
+            _put(self.term_history_key(term.term), encode_term(term)),
         ]
         ok, resp = self._txn(compare, success, [{"request_range": {"key": _b64(self.ruleset_key)}}])
         if ok:
@@ -396,12 +400,22 @@ class EtcdStore:
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
         """Every committed ruleset, oldest first, with the revision it was written at."""
-        kvs, _ = self._range(self.root + "history/", prefix=True)
+        kvs, _ = self._range(self.root + "history/0", prefix=True)  # version keys; not history/term-*
         out = []
         for kv in kvs:
             rev = Revision(int(kv["mod_revision"]))
             key = _unb64(kv["key"]).decode()
             out.append((rev, decode(_unb64(kv.get("value", "")), f"{key} (revision {rev})")))
+        return out
+
+    def term_history(self) -> list[tuple[Revision, Term]]:
+        """Every committed term, oldest first (forced ones say so in ``forced``)."""
+        kvs, _ = self._range(self.root + "history/term-", prefix=True)
+        out = []
+        for kv in kvs:
+            rev = Revision(int(kv["mod_revision"]))
+            key = _unb64(kv["key"]).decode()
+            out.append((rev, decode_term(_unb64(kv.get("value", "")), f"{key} (revision {rev})")))
         return out
 
     def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
@@ -412,7 +426,8 @@ class EtcdStore:
             {"key": _b64(self.term_key), "target": "MOD", "result": "EQUAL", "mod_revision": term_revision},
         ]
         failure = [{"request_range": {"key": _b64(self.term_key)}}, {"request_range": {"key": _b64(self.ruleset_key)}}]
-        ok, resp = self._txn(compare, [_put(self.term_key, encode_term(term))], failure)
+        success = [_put(self.term_key, encode_term(term)), _put(self.term_history_key(term.term), encode_term(term))]
+        ok, resp = self._txn(compare, success, failure)
         if ok:
             return Revision(int(resp["header"]["revision"]))
         responses = resp.get("responses", [])

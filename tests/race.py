@@ -1,0 +1,112 @@
+"""Shared pieces of the race and fault tests: an acknowledged-write ledger, the naive
+orchestrator (written for the tests, the unsafe path), and a store view frozen in the past."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+
+from adapters.postgres import PostgresNode
+from plugin.core.rules import Member
+from plugin.core.ruleset import Ruleset
+from plugin.store import EtcdStore, Snapshot, TermSnapshot
+
+WARNING = "canceling wait for synchronous replication"
+
+
+def connect(m: Member) -> PostgresNode:
+    return PostgresNode(
+        f"host={m.host} port={m.port} user=postgres dbname=postgres connect_timeout=2", connect_timeout=2
+    )
+
+
+def create_ledger(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ledger (id bigint PRIMARY KEY, note text)")
+
+
+def acked_write(dsn: str, id_: int, *, timeout: float = 5.0) -> bool:
+    """INSERT one row with synchronous_commit = on; True only if the commit was acknowledged.
+
+    The wait is bounded on the client side and never cancelled (a cancelled wait reports a
+    commit no standby has); a commit that did not return in time counts as not acknowledged.
+    """
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        warnings: list[str] = []
+        try:
+            conn = psycopg.connect(dsn, autocommit=False, connect_timeout=2)
+        except psycopg.Error:
+            return
+        try:
+            conn.add_notice_handler(lambda d: warnings.append(d.message_primary or ""))
+            conn.execute("SET synchronous_commit = on")
+            conn.execute("INSERT INTO ledger VALUES (%s, 'w')", (id_,))
+            conn.commit()
+            result["ok"] = not any(WARNING in w for w in warnings)
+        except psycopg.Error:
+            pass
+        finally:
+            if "ok" in result:
+                conn.close()
+            # a commit still waiting keeps its connection: closing it could not make it durable
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result.get("ok"))
+
+
+def ledger_ids(dsn: str) -> set[int]:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+        return {r[0] for r in conn.execute("SELECT id FROM ledger").fetchall()}
+
+
+def naive_failover(view: Ruleset, old_primary: str, *, trust: str = "rule") -> str:
+    """The unsafe orchestrator: it trusts one rule of its own view of the cohort.
+
+    It revokes and surveys the standbys of that cohort, promotes the most advanced one, and
+    records nothing. ``trust="rule"`` uses the view's current rule (ignoring a joint
+    phase's previous rule).
+    """
+    cohort: Iterable[Member] = view.rule.cohort
+    positions = {}
+    for m in cohort:
+        if m.name == old_primary:
+            continue
+        node = connect(m)
+        try:
+            positions[m.name] = node.revoke(timeout=5)
+        except Exception:  # noqa: BLE001 (an unreachable member is skipped, as a naive tool would)
+            continue
+        finally:
+            node.close()
+    best = max(sorted(positions), key=lambda n: positions[n])
+    node = connect(next(m for m in view.rule.cohort if m.name == best))
+    try:
+        node.promote()
+    finally:
+        node.close()
+    return best
+
+
+class StaleOnce:
+    """A store whose first read returns a view captured earlier (an orchestrator that read,
+    then paused while others changed the ruleset). Everything else is the real store."""
+
+    def __init__(self, store: EtcdStore, stale: tuple[Snapshot, TermSnapshot]) -> None:
+        self._store = store
+        self._stale: tuple[Snapshot, TermSnapshot] | None = stale
+
+    def read_both(self) -> tuple[Snapshot, TermSnapshot]:
+        if self._stale is not None:
+            view, self._stale = self._stale, None
+            return view
+        return self._store.read_both()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
