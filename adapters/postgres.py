@@ -271,6 +271,13 @@ class PostgresNode:
             time.sleep(0.02)
         return self.observe().lsn
 
+    def follow(self, conninfo: str) -> None:
+        """Make this standby receive from the server ``conninfo`` names (undoes a revoke)."""
+        self._query(
+            "set primary_conninfo", sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo))
+        )
+        self._query("reload", "SELECT pg_reload_conf()")
+
     def promote(self, *, timeout: int = 60) -> None:
         (row,) = self._query("promote", "SELECT pg_promote(true, %s)", (timeout,))
         if not row[0]:

@@ -14,6 +14,20 @@ from tests.servers import ETCD, EtcdCluster
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-schedules",
+        type=int,
+        default=int(os.environ.get("PGCOHORT_FAULT_SCHEDULES", "20")),
+        help="how many seeded fault schedules tests/test_faults.py runs (default 20)",
+    )
+
+
+@pytest.fixture
+def fault_schedules(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--fault-schedules"))
+
+
 def need(binary: str, what: str) -> None:
     """A missing server skips locally but fails under CI=true (never a silent green run)."""
     if shutil.which(binary) or os.path.exists(binary):

@@ -89,13 +89,15 @@ class Stack:
 
     cluster: str = "main"
     etcd_size: int = 3
-    etcd: EtcdCluster = field(init=False)
+    etcd: EtcdCluster | None = None  # given: shared with the caller, who closes it
     pg: PgCluster = field(default_factory=PgCluster)
     sidecars: dict[str, SidecarProcess] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self, standbys: int = 3, policy: int = 1, sidecars: bool = True, init: bool = True) -> Stack:
-        self.etcd = EtcdCluster(self.etcd_size).start()
+        self._own_etcd = self.etcd is None
+        if self.etcd is None:
+            self.etcd = EtcdCluster(self.etcd_size).start()
         self.pg.init_primary("pg0")
         for i in range(1, standbys + 1):
             self.pg.add_standby(f"pg{i}", "pg0")
@@ -110,17 +112,22 @@ class Stack:
     def member(self, name: str) -> Member:
         return Member(name, "127.0.0.1", self.pg.nodes[name].port, "zone-a" if name in ("pg0", "pg1") else "zone-b")
 
+    @property
+    def endpoints(self) -> list[str]:
+        assert self.etcd is not None, "start() first"
+        return self.etcd.endpoints
+
     def store(self, **kw: Any) -> EtcdStore:
         kw.setdefault("timeout", 2.0)
         kw.setdefault("retry_for", 15.0)
-        return EtcdStore(self.etcd.endpoints, self.cluster, **kw)
+        return EtcdStore(self.endpoints, self.cluster, **kw)
 
     def env_for(self, node: PgNode, port: int) -> dict[str, str]:
         member = self.member(node.name)
         return {
             **os.environ,
             "PGCOHORT_CLUSTER": self.cluster,
-            "PGCOHORT_ETCD_ENDPOINTS": ",".join(self.etcd.endpoints),
+            "PGCOHORT_ETCD_ENDPOINTS": ",".join(self.endpoints),
             "PGCOHORT_ETCD_TIMEOUT": "1",
             "PGCOHORT_ETCD_RETRY_FOR": "3",
             "PGCOHORT_NODE_NAME": node.name,
@@ -169,4 +176,5 @@ class Stack:
         for car in self.sidecars.values():
             car.kill()
         self.pg.close()
-        self.etcd.close()
+        if self.etcd is not None and getattr(self, "_own_etcd", True):
+            self.etcd.close()

@@ -1,0 +1,283 @@
+"""Seeded, reproducible fault schedules: every acknowledged write must survive the failover.
+
+Each schedule builds a fresh PostgreSQL 15 primary (pg0) with streaming standbys pg1-pg3
+(members) and pg4 (registered, not a member), one sidecar per node, on a shared 3-member
+etcd. A writer commits rows with ``synchronous_commit = on`` throughout and records each
+acknowledged one. Between 3 and 6 events drawn from the schedule's seed follow (member add
+/ remove, policy change, an etcd member or the leader killed and restarted, etcd quorum
+lost and restored, the primary's sidecar killed in the middle of a change, a standby
+cut off and reconnected, a standby crashed or partitioned until the end, the last
+acknowledging standby lost after the others were cut off), then the
+primary fails (kill -9, or SIGSTOP as a hung server), and the gated failover runs. If it
+promotes, every acknowledged write must be on the new primary; if it refuses, nothing may
+have been promoted.
+
+    python tests/faults.py --schedules 100 [--seed 1]      # more than CI runs
+    python tests/faults.py --naive ...                     # the naive orchestrator instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psycopg
+
+from adapters.postgres import PostgresNode
+from plugin import gate, protocol
+from plugin.core import ruleset as core
+from plugin.core.rules import AnyK
+from plugin.errors import PgcohortError, RefusedError
+from tests.race import acked_write, connect, create_ledger, ledger_ids, naive_failover
+from tests.servers import EtcdCluster
+from tests.stack import Stack
+
+
+@dataclass
+class Result:
+    seed: int
+    events: list[str] = field(default_factory=list)
+    acknowledged: int = 0
+    lost: int = 0
+    promoted: str | None = None
+    refused: str = ""
+
+    def line(self) -> str:
+        outcome = f"promoted {self.promoted}" if self.promoted else f"refused ({self.refused[:80]})"
+        return (
+            f"seed {self.seed:>5}: {self.acknowledged:>4} acked, {self.lost} lost, {outcome}; {', '.join(self.events)}"
+        )
+
+
+class Writer:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.acked: set[int] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            if acked_write(self.dsn, i, timeout=2.0):
+                self.acked.add(i)
+            else:
+                time.sleep(0.05)
+
+    def halt(self) -> set[int]:
+        self.stop.set()
+        self.thread.join(5)
+        return set(self.acked)
+
+
+def heal_etcd(etcd: EtcdCluster) -> None:
+    for m in etcd.members:
+        if m.proc is None or m.proc.poll() is not None:
+            etcd.restart(m, wait=False)
+        else:
+            etcd.cont(m)
+    etcd.wait_healthy(30)
+
+
+def run_schedule(seed: int, etcd: EtcdCluster, *, naive: bool = False) -> Result:
+    rnd = random.Random(seed)
+    res = Result(seed)
+    heal_etcd(etcd)
+    st = Stack(cluster=f"fault-{seed}-{'naive' if naive else 'gated'}-{random.getrandbits(32):08x}", etcd=etcd)
+    try:
+        policy = rnd.choice([1, 1, 2])
+        st.start(standbys=3, policy=policy)
+        st.pg.add_standby("pg4", "pg0")
+        st.start_sidecar("pg4")
+        want = "ANY %d (pg1, pg2, pg3)" % policy
+        st.wait("the initial setting", lambda: st.primary_setting() == want)
+        primary_dsn = st.pg.nodes["pg0"].dsn
+        create_ledger(primary_dsn)
+        writer = Writer(primary_dsn)
+        store = st.store(retry_for=5.0)
+        res.events.append(f"any {policy}")
+        for _ in range(rnd.randint(3, 6)):
+            res.events.append(event(rnd, st, store))
+            time.sleep(rnd.uniform(0.1, 0.8))
+        if rnd.random() < 0.5:
+            res.events.append("primary kill -9")
+            st.pg.crash(st.pg.nodes["pg0"])
+        else:
+            res.events.append("primary SIGSTOP")
+            assert st.pg.nodes["pg0"].proc is not None
+            os.kill(st.pg.nodes["pg0"].proc.pid, signal.SIGSTOP)
+        acked = writer.halt()
+        res.acknowledged = len(acked)
+        st.sidecars["pg0"].kill()
+        heal_etcd(etcd)
+        if naive:  # the unsafe path: trust the latest rule, promote the most advanced, record nothing
+            view = st.store(retry_for=30).read().ruleset
+            res.promoted = naive_failover(view, "pg0")
+            st.pg.crash(st.pg.nodes["pg0"])
+            res.lost = len(acked - ledger_ids(st.pg.nodes[res.promoted].dsn))
+            return res
+        try:
+            outcome = failover_with_retries(st)
+        except RefusedError as e:
+            res.refused = str(e).splitlines()[0]
+            st.pg.crash(st.pg.nodes["pg0"])
+            assert not any(is_primary(st, n) for n in ("pg1", "pg2", "pg3", "pg4")), (
+                "refused, yet something was promoted"
+            )
+            return res
+        st.pg.crash(st.pg.nodes["pg0"])  # fence the old primary (the HA manager's job)
+        res.promoted = outcome.candidate
+        present = ledger_ids(st.pg.nodes[outcome.candidate].dsn)
+        res.lost = len(acked - present)
+        return res
+    finally:
+        st.close()
+
+
+def failover_with_retries(st: Stack) -> gate.Outcome:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return gate.failover(st.store(), connect, actor="fault-suite", writer=protocol.new_writer("fault-suite"))  # type: ignore[arg-type]
+        except RefusedError:
+            raise
+        except PgcohortError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def is_primary(st: Stack, name: str) -> bool:
+    try:
+        with psycopg.connect(st.pg.nodes[name].dsn, autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            return bool(row is not None and not row[0])
+    except psycopg.Error:
+        return False
+
+
+def event(rnd: random.Random, st: Stack, store: object) -> str:
+    assert st.etcd is not None
+    kinds = [
+        "add", "remove", "policy", "etcd-member", "etcd-leader", "quorum",
+        "sidecar-mid-change", "standby-cut", "standby-down", "partition", "last-acker-down",
+    ]  # fmt: skip
+    kind = rnd.choices(kinds, weights=[3, 2, 2, 2, 2, 2, 2, 2, 2, 3, 2])[0]
+    try:
+        if kind == "add":
+            protocol.change(st.store(retry_for=3), core.AddMember(st.member("pg4")), actor="fault")
+        elif kind == "remove":
+            rs = st.store(retry_for=3).read().ruleset
+            victims = [m.name for m in rs.rule.cohort if m.name != "pg0"]
+            kind = f"remove {rnd.choice(victims)}"
+            protocol.change(st.store(retry_for=3), core.RemoveMember(kind.split()[1]), actor="fault")
+        elif kind == "policy":
+            k = rnd.choice([1, 2])
+            kind = f"policy any {k}"
+            protocol.change(st.store(retry_for=3), core.SetPolicy(AnyK(k)), actor="fault")
+        elif kind == "etcd-member":
+            m = rnd.choice(st.etcd.members)
+            st.etcd.kill(m)
+            time.sleep(rnd.uniform(0.2, 1.0))
+            st.etcd.restart(m, wait=False)
+        elif kind == "etcd-leader":
+            m = st.etcd.leader()
+            st.etcd.kill(m)
+            time.sleep(rnd.uniform(0.5, 1.5))
+            st.etcd.restart(m, wait=False)
+        elif kind == "quorum":
+            paused = rnd.sample(st.etcd.members, 2)
+            for m in paused:
+                st.etcd.stop(m)
+            time.sleep(rnd.uniform(1.0, 3.0))
+            for m in paused:
+                st.etcd.cont(m)
+        elif kind == "sidecar-mid-change":
+            rs = st.store(retry_for=3).read().ruleset
+            change: core.Change = core.SetPolicy(AnyK(3 - rs.rule.acks()))
+            try:
+                protocol.change(st.store(retry_for=3), change, actor="fault")
+            finally:
+                time.sleep(rnd.uniform(0.0, 0.1))
+                st.sidecars["pg0"].kill()
+                time.sleep(rnd.uniform(0.2, 1.0))
+                st.start_sidecar("pg0")
+        elif kind == "standby-cut":
+            name = rnd.choice(["pg1", "pg2", "pg3", "pg4"])
+            kind = f"cut {name}"
+            node = PostgresNode(st.pg.nodes[name].dsn)
+            node.revoke(timeout=5)
+            time.sleep(rnd.uniform(0.2, 1.0))
+            node.follow(f"host=127.0.0.1 port={st.pg.nodes['pg0'].port} user=postgres application_name={name}")
+            node.close()
+        elif kind == "standby-down":  # a standby crashes and stays down
+            name = rnd.choice([n for n in ("pg1", "pg2", "pg3", "pg4") if st.pg.nodes[n].running])
+            kind = f"down {name}"
+            st.pg.crash(st.pg.nodes[name])
+        elif kind == "last-acker-down":  # all but one standby cut off; writes go on; then that one dies
+            running = [n for n in ("pg1", "pg2", "pg3", "pg4") if st.pg.nodes[n].running]
+            last = rnd.choice(running)
+            kind = f"only {last} acks, then {last} down"
+            for name in running:
+                if name != last:
+                    node = PostgresNode(st.pg.nodes[name].dsn)
+                    node.revoke(timeout=5)
+                    node.close()
+            time.sleep(rnd.uniform(0.3, 0.8))
+            st.pg.crash(st.pg.nodes[last])
+        elif kind == "partition":  # a standby is cut off from the primary until the end
+            name = rnd.choice([n for n in ("pg1", "pg2", "pg3", "pg4") if st.pg.nodes[n].running])
+            kind = f"partition {name}"
+            node = PostgresNode(st.pg.nodes[name].dsn)
+            node.revoke(timeout=5)
+            node.close()
+    except PgcohortError as e:
+        return f"{kind} (refused: {type(e).__name__})"
+    return kind
+
+
+def run(schedules: int, first_seed: int, *, naive: bool = False) -> list[Result]:
+    etcd = EtcdCluster(3).start()
+    try:
+        results = []
+        for seed in range(first_seed, first_seed + schedules):
+            r = run_schedule(seed, etcd, naive=naive)
+            print(r.line(), flush=True)
+            results.append(r)
+        return results
+    finally:
+        etcd.close()
+
+
+def summary(results: list[Result]) -> str:
+    return (
+        f"fault schedules run: {len(results)}; writes acknowledged: {sum(r.acknowledged for r in results)}; "
+        f"writes lost: {sum(r.lost for r in results)}; failovers allowed: {sum(1 for r in results if r.promoted)}; "
+        f"refused: {sum(1 for r in results if not r.promoted)}"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--schedules", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1, help="first seed; schedule i uses seed+i")
+    ap.add_argument("--naive", action="store_true", help="fail over with the naive orchestrator instead of the gate")
+    args = ap.parse_args()
+    results = run(args.schedules, args.seed, naive=args.naive)
+    print(summary(results))
+    return 1 if any(r.lost for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""`pgcohort gate` and `pgcohort failover` on real PostgreSQL and etcd: exit codes, reasons, the override."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import need
+from tests.pg import PG_BIN
+from tests.race import acked_write, create_ledger, ledger_ids
+from tests.servers import ETCD
+from tests.stack import BIN, Stack
+
+pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    need(ETCD, "etcd-server")
+    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+    st = Stack().start(standbys=3)
+    st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
+    create_ledger(st.pg.nodes["pg0"].dsn)
+    yield st
+    st.close()
+
+
+def pgcohort(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**st.sidecars["pg1"].env, "PGCOHORT_ACTOR": "sre"}
+    return subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def in_recovery(st: Stack, name: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(st.pg.nodes[name].dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
+
+
+def test_gate_records_the_term_without_promoting(stack: Stack) -> None:
+    st = stack
+    assert acked_write(st.pg.nodes["pg0"].dsn, 1)
+    st.sidecars["pg0"].kill()
+    st.pg.crash(st.pg.nodes["pg0"])
+    out = pgcohort(st, "gate", "--candidate", "pg2")
+    assert out.returncode == 0, out.stderr
+    assert "allowed: promote pg2" in out.stdout and "pg2 may now be promoted" in out.stdout
+    assert st.store().read_term().term.primary == "pg2"
+    assert in_recovery(st, "pg2")  # the gate decides; the HA manager promotes
+    again = pgcohort(st, "gate", "--candidate", "pg3")  # the term names pg2 now: pg3 is not the answer
+    assert again.returncode in (3, 4), again.stdout
+
+
+def test_refused_failover_then_the_recorded_override(stack: Stack) -> None:
+    st = stack
+    assert acked_write(st.pg.nodes["pg0"].dsn, 1)
+    st.sidecars["pg0"].kill()
+    st.sidecars["pg3"].kill()
+    st.pg.crash(st.pg.nodes["pg3"])
+    st.pg.crash(st.pg.nodes["pg0"])
+    term_before = st.store().read_term()
+    out = pgcohort(st, "failover")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "needs 3 of its 3 standbys surveyed, reached 2: reach 1 more" in out.stderr
+    assert "unreachable: pg3" in out.stderr and "No term was written" in out.stderr
+    assert st.store().read_term() == term_before
+    assert in_recovery(st, "pg1") and in_recovery(st, "pg2")
+
+    forced = pgcohort(st, "failover", "--allow-data-loss")
+    assert forced.returncode == 0, forced.stderr
+    assert "FORCED: forced with allow-data-loss" in forced.stdout
+    term = st.store().read_term().term
+    assert term.term == 2 and term.forced.startswith("forced with allow-data-loss") and term.decided_by == "sre"
+    assert [t.forced != "" for _, t in st.store().term_history()] == [False, True]  # the audit log says so
+    assert not in_recovery(st, term.primary)
+    assert 1 in ledger_ids(st.pg.nodes[term.primary].dsn)
