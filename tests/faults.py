@@ -100,7 +100,7 @@ def run_schedule(seed: int, etcd: EtcdCluster, *, naive: bool = False) -> Result
         st.start(standbys=3, policy=policy)
         st.pg.add_standby("pg4", "pg0")
         st.start_sidecar("pg4")
-        want = "ANY %d (pg1, pg2, pg3)" % policy
+        want = f"ANY {policy} (pg1, pg2, pg3)"
         st.wait("the initial setting", lambda: st.primary_setting() == want)
         primary_dsn = st.pg.nodes["pg0"].dsn
         create_ledger(primary_dsn)
