@@ -15,7 +15,6 @@ sidecars idle for a while and their RSS and CPU are read from /proc.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import subprocess
 import sys
@@ -24,20 +23,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psycopg  # noqa: E402
-from etcd3gw.client import Etcd3Client  # noqa: E402
 
+from bench.common import BareCas, ms, pct  # noqa: E402
 from plugin import protocol  # noqa: E402
 from plugin.core import ruleset as core  # noqa: E402
 from tests.stack import BIN, Stack  # noqa: E402
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def ms(s: float) -> str:
-    return f"{s * 1000:7.2f} ms"
 
 
 class Enforcement:
@@ -83,23 +73,11 @@ def main() -> int:
         store = st.store()
         st.wait("initial apply", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
         probe = Enforcement(st.pg.nodes["pg0"].dsn)
-        leader = st.etcd.leader()
-        bare_client = Etcd3Client(host="127.0.0.1", port=leader.client_port, api_path="/v3/", timeout=3)
-        bare_client.session.trust_env = False
-        key = base64.b64encode(b"/bench/bare").decode()
-        bare_rev = 0
-        enforce, finalized, bare = [], [], []
+        baseline = BareCas(st.etcd.leader().client_port)
+        enforce, finalized = [], []
         wide = "ANY 1 (pg1, pg2, pg3, pg4)"
         for _ in range(args.rounds):
-            t0 = time.monotonic()
-            txn = {
-                "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": bare_rev}],
-                "success": [{"request_put": {"key": key, "value": base64.b64encode(os.urandom(200)).decode()}}],
-                "failure": [],
-            }
-            resp = bare_client.transaction(txn)
-            bare.append(time.monotonic() - t0)
-            bare_rev = int(resp["header"]["revision"])
+            baseline.once()
 
             t0 = time.monotonic()
             protocol.change(store, core.AddMember(st.member("pg4")), actor="bench")
@@ -116,6 +94,7 @@ def main() -> int:
             cli.append(time.monotonic() - t0)
 
         print(f"bench/apply: 3-member etcd, PostgreSQL 15 primary + 4 standbys, 5 sidecars, {args.rounds} adds")
+        bare = baseline.samples
         print(f"  bare etcd CAS txn                       p50 {ms(pct(bare, 50))}  p99 {ms(pct(bare, 99))}")
         print(
             f"  add -> primary enforces the new setting p50 {ms(pct(enforce, 50))}  p99 {ms(pct(enforce, 99))}  (target p50 <= 50 ms)"

@@ -13,29 +13,36 @@ and a bare etcd CAS transaction on the same cluster in the same run.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from etcd3gw.client import Etcd3Client  # noqa: E402
-
 from adapters.postgres import PostgresNode  # noqa: E402
+from bench.common import BareCas, ms, pct  # noqa: E402
 from plugin import gate  # noqa: E402
 from plugin.core.ruleset import Term  # noqa: E402
 from tests.race import connect  # noqa: E402
 from tests.stack import Stack  # noqa: E402
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+def restore(st: Stack, standbys: list[str]) -> None:
+    """Undo a survey's revoke: the standbys follow pg0 again and stream."""
+    for name in standbys:
+        node = PostgresNode(st.pg.nodes[name].dsn)
+        node.follow(f"host=127.0.0.1 port={st.pg.nodes['pg0'].port} user=postgres application_name={name}")
+        node.close()
 
+    def streaming() -> bool:
+        nodes = [PostgresNode(st.pg.nodes[n].dsn) for n in standbys]
+        try:
+            return all(n.observe().receiving for n in nodes)
+        finally:
+            for n in nodes:
+                n.close()
 
-def ms(s: float) -> str:
-    return f"{s * 1000:7.2f} ms"
+    st.wait("standbys streaming", streaming, interval=0.01)
 
 
 def main() -> int:
@@ -58,23 +65,12 @@ def main() -> int:
                 cas_times.append(time.monotonic() - t0)
 
         timed_store.put_term = put_term  # type: ignore[method-assign]
-        leader = st.etcd.leader()
-        bare_client = Etcd3Client(host="127.0.0.1", port=leader.client_port, api_path="/v3/", timeout=3)
-        bare_client.session.trust_env = False
-        key = base64.b64encode(b"/bench/bare").decode()
-        bare_rev, bare, total, surveys = 0, [], [], []
+        baseline = BareCas(st.etcd.leader().client_port)
+        total: list[float] = []
+        surveys: list[float] = []
         standbys = ["pg1", "pg2", "pg3", "pg4"]
         for i in range(args.rounds):
-            t0 = time.monotonic()
-            resp = bare_client.transaction(
-                {
-                    "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": bare_rev}],
-                    "success": [{"request_put": {"key": key, "value": base64.b64encode(b"x" * 200).decode()}}],
-                    "failure": [],
-                }
-            )
-            bare.append(time.monotonic() - t0)
-            bare_rev = int(resp["header"]["revision"])
+            baseline.once()
 
             t0 = time.monotonic()
             snap, _ = store.read_both()
@@ -84,15 +80,7 @@ def main() -> int:
 
             # The gate itself, end to end (it surveys again: the standbys are already revoked
             # now, so restore them first so that this survey does the full work).
-            for name in standbys:
-                n = PostgresNode(st.pg.nodes[name].dsn)
-                n.follow(f"host=127.0.0.1 port={st.pg.nodes['pg0'].port} user=postgres application_name={name}")
-                n.close()
-            st.wait(
-                "standbys streaming",
-                lambda: all(PostgresNode(st.pg.nodes[n].dsn).observe().receiving for n in standbys),
-                interval=0.01,
-            )
+            restore(st, standbys)
             t0 = time.monotonic()
             outcome = gate.gate(timed_store, connect, actor="bench", writer=f"bench/{i}")  # type: ignore[arg-type]
             total.append(time.monotonic() - t0)
@@ -104,17 +92,10 @@ def main() -> int:
                 term.revision,
                 Term(term.term.term + 1, "pg0", snap.revision, None, "bench", "", f"bench/back/{i}"),
             )
-            for name in standbys:
-                n = PostgresNode(st.pg.nodes[name].dsn)
-                n.follow(f"host=127.0.0.1 port={st.pg.nodes['pg0'].port} user=postgres application_name={name}")
-                n.close()
-            st.wait(
-                "standbys streaming",
-                lambda: all(PostgresNode(st.pg.nodes[n].dsn).observe().receiving for n in standbys),
-                interval=0.01,
-            )
+            restore(st, standbys)
             assert outcome.candidate in standbys
 
+        bare = baseline.samples
         print(f"bench/gate: 5-member cohort (primary + 4 streaming standbys), 3-member etcd, {args.rounds} rounds")
         print(f"  bare etcd CAS txn                         p50 {ms(pct(bare, 50))}  p99 {ms(pct(bare, 99))}")
         print(f"  survey: revoke + read 4 standbys (parallel) p50 {ms(pct(surveys, 50))}  p99 {ms(pct(surveys, 99))}")

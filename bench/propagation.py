@@ -14,7 +14,6 @@ Everything is measured in this one run and printed as ratios.
 from __future__ import annotations
 
 import argparse
-import base64
 import multiprocessing as mp
 import os
 import statistics
@@ -24,8 +23,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from etcd3gw.client import Etcd3Client  # noqa: E402
-
+from bench.common import BareCas, ms, pct  # noqa: E402
 from plugin import protocol  # noqa: E402
 from plugin.core import ruleset as core  # noqa: E402
 from plugin.core.rules import AnyK, Member, Rule  # noqa: E402
@@ -33,11 +31,6 @@ from plugin.store import EtcdStore  # noqa: E402
 from tests.servers import EtcdCluster  # noqa: E402
 
 CLUSTER = "bench"
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def watcher(endpoints: list[str], index: int, out: Any, ready: Any) -> None:
@@ -50,22 +43,6 @@ def watcher(endpoints: list[str], index: int, out: Any, ready: Any) -> None:
         if first:
             ready.set()
             first = False
-
-
-def bare_cas(client: Etcd3Client, key: str, state: dict[str, int]) -> float:
-    k = base64.b64encode(key.encode()).decode()
-    value = base64.b64encode(os.urandom(200)).decode()
-    txn = {
-        "compare": [{"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": state["rev"]}],
-        "success": [{"request_put": {"key": k, "value": value}}],
-        "failure": [{"request_range": {"key": k}}],
-    }
-    t0 = time.monotonic()
-    resp = client.transaction(txn)
-    elapsed = time.monotonic() - t0
-    assert resp.get("succeeded"), resp
-    state["rev"] = int(resp["header"]["revision"])
-    return elapsed
 
 
 def main() -> int:
@@ -95,10 +72,7 @@ def main() -> int:
             out.get()
 
         leader = etcd.leader()
-        bare_client = Etcd3Client(host="127.0.0.1", port=leader.client_port, api_path="/v3/", timeout=3)
-        bare_client.session.trust_env = False
-        bare_state = {"rev": 0}
-        bare: list[float] = []
+        baseline = BareCas(leader.client_port)
         each: list[float] = []  # commit -> one watcher observed it
         last: list[float] = []  # commit -> the slowest of the N watchers observed it
         commit_only: list[float] = []
@@ -130,16 +104,17 @@ def main() -> int:
 
         add, remove = change(core.AddMember(Member("pg3"))), change(core.RemoveMember("pg3"))
         for _ in range(10):  # warm up connections
-            bare_cas(bare_client, "/bench/bare", bare_state)
+            baseline.once()
+        baseline.samples.clear()
         for _ in range(args.rounds):
-            bare.append(bare_cas(bare_client, "/bench/bare", bare_state))
+            baseline.once()
             commit(add, True)
-            bare.append(bare_cas(bare_client, "/bench/bare", bare_state))
+            baseline.once()
             commit(fin, False)
             commit(remove, False)
             commit(fin, False)
 
-        ms = lambda s: f"{s * 1000:6.2f} ms"  # noqa: E731
+        bare = baseline.samples
         b50, b99 = pct(bare, 50), pct(bare, 99)
         print(
             f"bench/propagation: 3-member etcd 3.4 on loopback, {args.watchers} watcher processes, {args.rounds} adds"

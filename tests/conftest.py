@@ -37,6 +37,14 @@ def need(binary: str, what: str) -> None:
     pytest.skip(f"{what} ({binary}) not installed")
 
 
+def need_servers() -> None:
+    """etcd and PostgreSQL 15, for the tests that run the whole stack."""
+    from tests.pg import PG_BIN
+
+    need(ETCD, "etcd-server")
+    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+
+
 @pytest.fixture(scope="session")
 def etcd3() -> Iterator[EtcdCluster]:
     """A real 3-member etcd cluster shared by the tests that do not break it."""

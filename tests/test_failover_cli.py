@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need
-from tests.pg import PG_BIN
+from tests.conftest import need_servers
 from tests.race import acked_write, create_ledger, ledger_ids
-from tests.servers import ETCD
 from tests.stack import BIN, Stack
 
 pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
@@ -18,8 +16,7 @@ pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    need(ETCD, "etcd-server")
-    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+    need_servers()
     st = Stack().start(standbys=3)
     st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
     create_ledger(st.pg.nodes["pg0"].dsn)

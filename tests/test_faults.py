@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import need
+from tests.conftest import need_servers
 from tests.faults import Result, run_schedule, summary
-from tests.pg import PG_BIN
-from tests.servers import ETCD, EtcdCluster
+from tests.servers import EtcdCluster
 
 pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.fault, pytest.mark.slow]
 
 
 def test_no_acknowledged_write_is_lost(fault_schedules: int, capsys: pytest.CaptureFixture[str]) -> None:
-    need(ETCD, "etcd-server")
-    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+    need_servers()
     etcd = EtcdCluster(3).start()
     results: list[Result] = []
     try:
@@ -41,8 +39,7 @@ def test_the_suite_sees_a_loss_on_the_naive_path() -> None:
     """Seed 204 cuts every standby but pg2, lets writes be acknowledged by pg2 alone, then
     loses pg2 and the primary. The naive orchestrator promotes a standby without those
     writes; the gate refuses (|E| - K + 1 members cannot be reached) and promotes no one."""
-    need(ETCD, "etcd-server")
-    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+    need_servers()
     etcd = EtcdCluster(3).start()
     try:
         naive = run_schedule(204, etcd, naive=True)

@@ -18,10 +18,8 @@ from adapters.postgres import PostgresNode
 from plugin import gate, protocol
 from plugin.core import ruleset as core
 from plugin.errors import ConflictError, RefusedError
-from tests.conftest import need
-from tests.pg import PG_BIN
+from tests.conftest import need_servers
 from tests.race import StaleOnce, acked_write, connect, create_ledger, ledger_ids, naive_failover
-from tests.servers import ETCD
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.fault, pytest.mark.slow]
@@ -31,8 +29,7 @@ W = 424242  # the acknowledged write everything hinges on
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    need(ETCD, "etcd-server")
-    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+    need_servers()
     st = Stack()
     yield st
     st.close()
@@ -76,17 +73,11 @@ def seed_scenario(st: Stack) -> tuple[core.Ruleset, tuple]:  # type: ignore[type
     return stale[0].ruleset, stale
 
 
-def test_seed_race_naive_loses_the_acknowledged_write() -> None:
-    st = Stack()
-    try:
-        need(ETCD, "etcd-server")
-        need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
-        stale_view, _ = seed_scenario(st)
-        promoted = naive_failover(stale_view, "pg0")  # B fails over with its stale view
-        assert promoted in ("pg1", "pg2")
-        assert W not in ledger_ids(st.pg.nodes[promoted].dsn), "the naive orchestrator did not lose the write"
-    finally:
-        st.close()
+def test_seed_race_naive_loses_the_acknowledged_write(stack: Stack) -> None:
+    stale_view, _ = seed_scenario(stack)
+    promoted = naive_failover(stale_view, "pg0")  # B fails over with its stale view
+    assert promoted in ("pg1", "pg2")
+    assert W not in ledger_ids(stack.pg.nodes[promoted].dsn), "the naive orchestrator did not lose the write"
 
 
 def test_seed_race_gated_keeps_the_acknowledged_write(stack: Stack) -> None:
@@ -122,18 +113,12 @@ def removal_scenario(st: Stack) -> None:
     st.pg.crash(st.pg.nodes["pg0"])
 
 
-def test_removal_race_naive_loses_the_acknowledged_write() -> None:
-    st = Stack()
-    try:
-        need(ETCD, "etcd-server")
-        need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
-        removal_scenario(st)
-        view = st.store().read().ruleset  # B sees the removal and trusts the new rule alone
-        promoted = naive_failover(view, "pg0")
-        assert promoted in ("pg1", "pg2")
-        assert W not in ledger_ids(st.pg.nodes[promoted].dsn), "the naive orchestrator did not lose the write"
-    finally:
-        st.close()
+def test_removal_race_naive_loses_the_acknowledged_write(stack: Stack) -> None:
+    removal_scenario(stack)
+    view = stack.store().read().ruleset  # B sees the removal and trusts the new rule alone
+    promoted = naive_failover(view, "pg0")
+    assert promoted in ("pg1", "pg2")
+    assert W not in ledger_ids(stack.pg.nodes[promoted].dsn), "the naive orchestrator did not lose the write"
 
 
 def test_removal_race_gated_refuses_and_the_write_survives(stack: Stack) -> None:

@@ -13,9 +13,8 @@ import pytest
 from plugin import protocol
 from plugin.core import ruleset as core
 from plugin.core.rules import AnyK
-from tests.conftest import need
-from tests.pg import PG_BIN
-from tests.servers import ETCD, free_ports
+from tests.conftest import need_servers
+from tests.servers import free_ports
 from tests.stack import SidecarProcess, Stack
 
 pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
@@ -23,8 +22,7 @@ pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    need(ETCD, "etcd-server")
-    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+    need_servers()
     st = Stack().start(standbys=3)
     st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
     yield st

@@ -113,15 +113,15 @@ def decide(
         return FailoverDecision(False, None, checks, "no cohort member was surveyed")
     top = max(counted.values())
     eligible = sorted(n for n in counted if ruleset.counts(n))
+    ahead = " ".join(sorted(n for n, p in counted.items() if p == top))
     if candidate is None:
         best = [n for n in eligible if counted[n] == top]
         if not best:
-            ahead = sorted(n for n, p in counted.items() if p == top)
             return FailoverDecision(
                 False,
                 None,
                 checks,
-                f"the most advanced surveyed member(s) {' '.join(ahead)} at {format_lsn(top)} are not "
+                f"the most advanced surveyed member(s) {ahead} at {format_lsn(top)} are not "
                 "in every active cohort; no eligible candidate holds every acknowledged write",
             )
         return FailoverDecision(True, best[0], checks, f"{best[0]} holds the highest position {format_lsn(top)}")
@@ -132,12 +132,11 @@ def decide(
     if candidate not in counted:
         return FailoverDecision(False, None, checks, f"candidate {candidate} was not surveyed")
     if counted[candidate] < top:
-        ahead = sorted(n for n, p in counted.items() if p == top)
         return FailoverDecision(
             False,
             None,
             checks,
             f"candidate {candidate} is at {format_lsn(counted[candidate])}, behind "
-            f"{' '.join(ahead)} at {format_lsn(top)}: it may miss acknowledged writes",
+            f"{ahead} at {format_lsn(top)}: it may miss acknowledged writes",
         )
     return FailoverDecision(True, candidate, checks, f"{candidate} holds the highest position {format_lsn(top)}")
