@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any, NewType, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 Revision = NewType("Revision", int)
 """An etcd revision (a key's ``mod_revision`` or the store's header revision)."""
+
+T = TypeVar("T")
 
 # etcd's gRPC code for "Unavailable" and "Unauthenticated" as the gateway reports them.
 _GRPC_UNAVAILABLE = 14
@@ -400,22 +402,19 @@ class EtcdStore:
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
         """Every committed ruleset, oldest first, with the revision it was written at."""
-        kvs, _ = self._range(self.root + "history/0", prefix=True)  # version keys; not history/term-*
-        out = []
-        for kv in kvs:
-            rev = Revision(int(kv["mod_revision"]))
-            key = _unb64(kv["key"]).decode()
-            out.append((rev, decode(_unb64(kv.get("value", "")), f"{key} (revision {rev})")))
-        return out
+        return self._audit("history/0", decode)  # version keys, not history/term-*
 
     def term_history(self) -> list[tuple[Revision, Term]]:
         """Every committed term, oldest first (forced ones say so in ``forced``)."""
-        kvs, _ = self._range(self.root + "history/term-", prefix=True)
+        return self._audit("history/term-", decode_term)
+
+    def _audit(self, prefix: str, decoder: Callable[[bytes, str], T]) -> list[tuple[Revision, T]]:
+        kvs, _ = self._range(self.root + prefix, prefix=True)
         out = []
         for kv in kvs:
             rev = Revision(int(kv["mod_revision"]))
             key = _unb64(kv["key"]).decode()
-            out.append((rev, decode_term(_unb64(kv.get("value", "")), f"{key} (revision {rev})")))
+            out.append((rev, decoder(_unb64(kv.get("value", "")), f"{key} (revision {rev})")))
         return out
 
     def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:

@@ -10,6 +10,7 @@ import pytest
 from plugin.core.rules import AnyK, Member, Rule
 from plugin.store import EtcdStore
 from tests.servers import ETCD, EtcdCluster
+from tests.stack import Stack
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -43,6 +44,16 @@ def need_servers() -> None:
 
     need(ETCD, "etcd-server")
     need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+
+
+@pytest.fixture
+def running_stack() -> Iterator[Stack]:
+    """etcd, a PostgreSQL primary pg0 with standbys pg1-pg3, a sidecar each, setting applied."""
+    need_servers()
+    st = Stack().start(standbys=3)
+    st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
+    yield st
+    st.close()
 
 
 @pytest.fixture(scope="session")

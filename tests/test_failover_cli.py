@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need_servers
 from tests.race import acked_write, create_ledger, ledger_ids
 from tests.stack import BIN, Stack
 
@@ -15,13 +13,9 @@ pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
-    need_servers()
-    st = Stack().start(standbys=3)
-    st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
-    create_ledger(st.pg.nodes["pg0"].dsn)
-    yield st
-    st.close()
+def stack(running_stack: Stack) -> Stack:
+    create_ledger(running_stack.pg.nodes["pg0"].dsn)
+    return running_stack
 
 
 def pgcohort(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -13,7 +12,6 @@ import pytest
 from plugin import protocol
 from plugin.core import ruleset as core
 from plugin.core.rules import AnyK
-from tests.conftest import need_servers
 from tests.servers import free_ports
 from tests.stack import SidecarProcess, Stack
 
@@ -21,12 +19,8 @@ pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
-    need_servers()
-    st = Stack().start(standbys=3)
-    st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
-    yield st
-    st.close()
+def stack(running_stack: Stack) -> Stack:
+    return running_stack
 
 
 class Timeline:
