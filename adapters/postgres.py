@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from plugin.core.failover import parse_lsn
 from plugin.errors import BarrierPendingError, NotInForceError, PgcohortError, PostgresUnreachableError
 
 LOCK_KEY = 0x7067636F686F7274  # "pgcohort" in ASCII: the advisory lock serialising writes
@@ -72,10 +73,7 @@ class Observation:
 
 
 def _lsn(value: Any) -> int | None:
-    if value is None:
-        return None
-    hi, lo = str(value).split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
+    return None if value is None else parse_lsn(str(value))
 
 
 @contextmanager

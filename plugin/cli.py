@@ -102,7 +102,9 @@ def _membership(rs: core.Ruleset, name: str) -> str:
     return "candidate"
 
 
-def status_document(snap: Snapshot, term: TermSnapshot, nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def status_document(
+    cluster: str, snap: Snapshot, term: TermSnapshot, nodes: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     rs = snap.ruleset
     primary = term.term.primary
     members: dict[str, Member] = {}
@@ -133,7 +135,7 @@ def status_document(snap: Snapshot, term: TermSnapshot, nodes: dict[str, dict[st
     except PgcohortError as e:
         setting = f"(cannot render: {e})"
     return {
-        "cluster": None,
+        "cluster": cluster,
         "version": rs.version,
         "revision": snap.revision,
         "phase": rs.phase,
@@ -203,8 +205,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     store = _store(args)
     snap, term = store.read_both()
-    doc = status_document(snap, term, store.nodes())
-    doc["cluster"] = store.root
+    doc = status_document(store.root, snap, term, store.nodes())
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

@@ -20,7 +20,6 @@ history. It is never taken automatically.
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,6 +28,7 @@ from plugin.core import failover as rule
 from plugin.core.rules import Member
 from plugin.core.ruleset import Ruleset, Term
 from plugin.errors import ConflictError, PgcohortError, RefusedError
+from plugin.protocol import now
 from plugin.store import EtcdStore, Revision
 
 
@@ -97,10 +97,6 @@ def survey(ruleset: Ruleset, old_primary: str, connect: Connect, *, timeout: flo
     return Survey(positions, unreachable)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-
-
 def gate(
     store: EtcdStore,
     connect: Connect,
@@ -137,7 +133,7 @@ def gate(
             snap.revision,
             found.positions[decision.candidate or ""],
             actor,
-            _now(),
+            now(),
             writer,
             forced,
         )

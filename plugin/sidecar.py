@@ -11,7 +11,6 @@ last applied setting stays, ``/health`` fails, and it resumes by itself when etc
 
 from __future__ import annotations
 
-import datetime
 import logging
 import signal
 import threading
@@ -23,6 +22,7 @@ from adapters.postgres import Desired, Observation, PostgresNode
 from plugin import protocol
 from plugin.core import ruleset as core
 from plugin.core import steps
+from plugin.core.failover import format_lsn
 from plugin.core.rules import Member
 from plugin.errors import (
     BarrierPendingError,
@@ -32,7 +32,7 @@ from plugin.errors import (
     RefusedError,
 )
 from plugin.metrics import Metrics
-from plugin.store import EtcdStore, Revision, Snapshot, TermSnapshot, View
+from plugin.store import EtcdStore, Revision, Snapshot, View
 
 log = logging.getLogger("pgcohort.sidecar")
 
@@ -58,7 +58,6 @@ class State:
 
     view: View | None = None  # the latest ruleset the watch delivered
     committed: Snapshot | None = None  # the latest linearizable read
-    term: TermSnapshot | None = None
     observation: Observation | None = None
     postgres_error: str = ""
     etcd_error: str = "not contacted yet"
@@ -66,7 +65,6 @@ class State:
     applied_revision: int | None = None
     barrier_revision: int | None = None
     fenced: str = ""
-    last_step: str = ""
     caught_up_since: dict[str, float] = field(default_factory=dict)
     joint_seen_at: float | None = None
 
@@ -98,22 +96,13 @@ class Sidecar:
 
     def tick(self) -> None:
         s = self.state
-        try:
-            obs = self.pg.observe()
-            with self.lock:
-                s.observation, s.postgres_error = obs, ""
-        except PostgresError as e:
-            obs = None
-            if str(e) != s.postgres_error:
-                log.warning("%s", e)
-            with self.lock:
-                s.observation, s.postgres_error = None, str(e)
+        obs = self._observe()
         etcd_error = ""
         try:
             for _ in range(6):  # apply -> barrier -> finalize -> (admit) in one round when all goes well
                 if not self._step(obs):
                     break
-                obs = self._reobserve(obs)
+                obs = self._observe()
         except (PostgresError, RefusedError) as e:
             log.warning("%s", e)  # etcd answered; the step is retried next round
         except PgcohortError as e:
@@ -130,11 +119,19 @@ class Sidecar:
             s.etcd_error = etcd_error
         self.metrics.healthy.set(1 if not self.health_problems() else 0)
 
-    def _reobserve(self, obs: Observation | None) -> Observation | None:
+    def _observe(self) -> Observation | None:
+        """What this node's PostgreSQL reports now (None if it did not answer), recorded in the state."""
+        s = self.state
         try:
-            return self.pg.observe()
-        except PostgresError:
-            return obs
+            obs: Observation | None = self.pg.observe()
+            error = ""
+        except PostgresError as e:
+            obs, error = None, str(e)
+            if error != s.postgres_error:
+                log.warning("%s", e)
+        with self.lock:
+            s.observation, s.postgres_error = obs, error
+        return obs
 
     def _step(self, obs: Observation | None) -> bool:
         """Decide and carry out one step; True if another may follow at once."""
@@ -142,7 +139,7 @@ class Sidecar:
         snap, term = self.store.read_both()
         now = time.monotonic()
         with self.lock:
-            s.committed, s.term = snap, term
+            s.committed = snap
             if snap.ruleset.phase == "joint":
                 s.joint_seen_at = s.joint_seen_at or now
             else:
@@ -158,7 +155,6 @@ class Sidecar:
         )
         step = steps.next_step(snap.ruleset, snap.revision, term.term.primary, local, admit)
         with self.lock:
-            s.last_step = repr(step)
             s.fenced = step.reason if isinstance(step, steps.Fenced) else ""
         self.metrics.fenced.set(1 if s.fenced else 0)
         if isinstance(step, steps.Apply):
@@ -176,7 +172,7 @@ class Sidecar:
                 return False
             with self.lock:
                 s.barrier_revision = step.revision
-            log.info("barrier for revision %s acknowledged at LSN %X/%X", step.revision, lsn >> 32, lsn & 0xFFFFFFFF)
+            log.info("barrier for revision %s acknowledged at LSN %s", step.revision, format_lsn(lsn))
             return True
         if isinstance(step, steps.Finalize):
             try:
@@ -283,7 +279,7 @@ class Sidecar:
         now = time.monotonic()
         if self._published and self._published[0] == rec and now - self._published[1] < self.settings.ttl / 3:
             return
-        self.registration.publish({**rec, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+        self.registration.publish({**rec, "at": protocol.now()})
         self._published = (rec, now)
 
     # --- health -----------------------------------------------------------------------
