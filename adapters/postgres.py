@@ -1,22 +1,25 @@
-"""The PostgreSQL adapter: the only module that imports psycopg.
+"""The plain-PostgreSQL adapter: :class:`PostgresNode` implements :class:`pgcohort.seams.Node`.
 
-What it promises (measured on PostgreSQL 15, see docs/POSTGRES.md):
+The only module that imports psycopg. What it promises (measured on PostgreSQL 15, see
+docs/POSTGRES.md):
 
-* :meth:`PostgresNode.apply` writes ``synchronous_standby_names`` with ``ALTER SYSTEM`` and
-  ``pg_reload_conf()`` **under a PostgreSQL advisory lock**, rendering the value from a
-  callback that reads the committed ruleset *inside that lock hold*. Lock holds are
-  totally ordered and committed revisions only grow, so two sidecars that both believe
+* :meth:`PostgresNode.setting_lock` holds a **PostgreSQL advisory lock** on the node's
+  session; its writer sets ``synchronous_standby_names`` with ``ALTER SYSTEM`` and
+  ``pg_reload_conf()``. The caller reads the committed ruleset *inside that hold*; holds
+  are totally ordered and committed revisions only grow, so two sidecars that both believe
   they are beside the primary can never regress the setting to an older revision.
-  It returns only once the setting is **in force**: a new session shows it and every
-  connected WAL sender reports the matching ``sync_state`` (plus a ``CHECKPOINT`` when
-  the previous value was empty, because the checkpointer's copy decides whether commits
-  wait at all).
+* :meth:`PostgresNode.wait_in_force` returns once a new session shows the setting and every
+  connected WAL sender reports the matching ``sync_state`` (plus a ``CHECKPOINT`` when the
+  previous value was empty, because the checkpointer's copy decides whether commits wait).
 * :meth:`PostgresNode.barrier` commits a transactional WAL message with
-  ``synchronous_commit = on`` and returns only once the standbys acknowledged it. The wait
-  is bounded on the client side, never by cancelling (a cancelled wait reports the commit
-  as successful although no standby has it). A barrier still waiting is reused, not
-  duplicated.
-* :meth:`PostgresNode.revoke` stops a standby receiving and returns its final position;
+  ``synchronous_commit = on`` and returns its LSN once released. The wait is bounded on the
+  client side, never by cancelling (a cancelled wait reports the commit as successful
+  although no standby has it). A pending barrier is waited for again only by a call for
+  the same revision with no write in between; anything else starts a new one.
+* :meth:`PostgresNode.acknowledged` reads which standbys report a flush position at or past
+  an LSN (pg_stat_replication), so a barrier can prove who holds it.
+* :meth:`PostgresNode.revoke` stops a standby receiving and returns its final position
+  (:class:`NotStandbyError` for a server that is not in recovery);
   :meth:`PostgresNode.promote` promotes and waits.
 * Every psycopg error becomes :class:`PostgresUnreachableError` in one function.
 """
@@ -27,49 +30,36 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from plugin.core.failover import parse_lsn
-from plugin.errors import BarrierPendingError, NotInForceError, PgcohortError, PostgresUnreachableError
+from pgcohort.core.failover import format_lsn, parse_lsn
+from pgcohort.core.rules import Member
+from pgcohort.core.steps import Desired
+from pgcohort.errors import (
+    BarrierPendingError,
+    NotInForceError,
+    NotStandbyError,
+    PgcohortError,
+    PostgresUnreachableError,
+)
+from pgcohort.seams import Observation, Replication
 
 LOCK_KEY = 0x7067636F686F7274  # "pgcohort" in ASCII: the advisory lock serialising writes
 BARRIER_CHANNEL = "pgcohort-barrier"
 
 
-@dataclass(frozen=True)
-class Desired:
-    """What the primary must enforce: a setting rendered from one committed revision."""
+@dataclass
+class _Barrier:
+    """One barrier commit in flight: for which revision and which apply (``epoch``), and its outcome."""
 
     revision: int
-    setting: str
-    standbys: frozenset[str]  # the names the setting lists (the rule's electorate)
-
-
-@dataclass(frozen=True)
-class Replication:
-    """One row of pg_stat_replication."""
-
-    name: str
-    state: str
-    sync_state: str
-    sync_priority: int
-    flush_lsn: int | None
-    lag_bytes: int | None
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a node's PostgreSQL reports about itself."""
-
-    primary: bool
-    lsn: int  # primary: current WAL flush position; standby: max(received, replayed)
-    setting: str
-    replication: tuple[Replication, ...]
-    receiving: bool  # standby: a WAL receiver is running
+    epoch: int
+    thread: threading.Thread | None = None
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 def _lsn(value: Any) -> int | None:
@@ -97,8 +87,9 @@ class PostgresNode:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
-        self._barrier: threading.Thread | None = None
-        self._barrier_result: dict[str, Any] = {}
+        self._barrier: _Barrier | None = None
+        self._epoch = 0  # counts writes through setting_lock: a barrier belongs to one
+        self._checkpoint_due = False
 
     # --- connections ----------------------------------------------------------------
 
@@ -162,33 +153,32 @@ class PostgresNode:
 
     # --- writing the setting ------------------------------------------------------------
 
-    def apply(self, fresh: Callable[[], Desired], *, timeout: float = 5.0) -> Desired:
-        """Enforce the setting ``fresh()`` renders, under the advisory lock; wait until in force."""
-        with _translated("apply synchronous_standby_names", self.dsn):
+    @contextmanager
+    def setting_lock(self, *, timeout: float = 5.0) -> Iterator[_SettingWriter]:
+        """Hold the advisory lock that serialises writers of the setting on this server."""
+        with _translated("lock synchronous_standby_names", self.dsn):
+            conn = self._session()
             try:
-                conn = self._session()
                 conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout * 1000)}ms")))
                 conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
                 try:
-                    desired = fresh()  # read inside the lock hold: writes follow revision order
-                    row = conn.execute("SELECT current_setting('synchronous_standby_names')").fetchone()
-                    before = str(row[0]) if row else ""
-                    if before != desired.setting:
-                        conn.execute(
-                            sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
-                                sql.Literal(desired.setting)
-                            )
-                        )
-                        conn.execute("SELECT pg_reload_conf()")
+                    yield _SettingWriter(self, conn)
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
             except psycopg.OperationalError:
                 self.close()  # a broken session also released the lock on the server
                 raise
-        self.wait_in_force(desired, timeout=timeout)
-        if not before.strip():
-            self._query("checkpoint", "CHECKPOINT")  # the checkpointer now knows sync standbys are defined
-        return desired
+
+    def _write(self, conn: psycopg.Connection[Any], desired: Desired) -> None:
+        self._epoch += 1  # every apply, even one that finds the value in place, needs its own barrier
+        row = conn.execute("SELECT current_setting('synchronous_standby_names')").fetchone()
+        before = str(row[0]) if row else ""
+        if before != desired.setting:
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(desired.setting))
+            )
+            conn.execute("SELECT pg_reload_conf()")
+            self._checkpoint_due = self._checkpoint_due or not before.strip()
 
     def in_force(self, desired: Desired) -> bool:
         """True when every WAL sender agrees with the setting and a new session shows it."""
@@ -210,34 +200,50 @@ class PostgresNode:
                     f"but PostgreSQL did not show it in force within {timeout:g}s; the sidecar will retry"
                 )
             time.sleep(0.002)
+        if self._checkpoint_due:
+            self._query("checkpoint", "CHECKPOINT")  # the checkpointer now knows sync standbys are defined
+            self._checkpoint_due = False
 
     # --- the barrier ------------------------------------------------------------------
 
-    def barrier(self, token: str, *, timeout: float) -> int:
-        """A synchronous commit made now; returns its LSN once acknowledged by the standbys.
+    def barrier(self, revision: int, *, timeout: float) -> int:
+        """A synchronous commit for ``revision`` made after the latest write; its LSN once released.
 
-        Raises :class:`BarrierPendingError` if not acknowledged within ``timeout``: the
-        commit keeps waiting (cancelling it would be reported as success) and the next
-        call waits for the same commit instead of starting another.
+        Raises :class:`BarrierPendingError` if not released within ``timeout``: the commit keeps
+        waiting (cancelling it would be reported as success), and the next call for the same
+        revision with no write in between waits for the same commit. A barrier pending for
+        another revision or from before the latest write is abandoned, never returned.
         """
-        if self._barrier is None or (not self._barrier.is_alive() and "lsn" not in self._barrier_result):
-            self._barrier_result = {"token": token}
-            self._barrier = threading.Thread(target=self._run_barrier, args=(token, self._barrier_result), daemon=True)
-            self._barrier.start()
-        self._barrier.join(timeout)
-        result = self._barrier_result
-        if self._barrier.is_alive():
+        b = self._barrier
+        if b is None or (b.revision, b.epoch) != (revision, self._epoch) or "error" in b.result:
+            b = _Barrier(revision, self._epoch)
+            b.thread = threading.Thread(target=self._run_barrier, args=(b,), name=f"barrier-{revision}", daemon=True)
+            self._barrier = b
+            b.thread.start()
+        assert b.thread is not None
+        b.thread.join(timeout)
+        if b.thread.is_alive():
             raise BarrierPendingError(
-                f"barrier {result['token']} not acknowledged by the standbys within {timeout:g}s; "
+                f"barrier for revision {revision} not acknowledged by the standbys within {timeout:g}s; "
                 "it keeps waiting (check that enough cohort standbys are streaming)"
             )
-        self._barrier = None
-        if "error" in result:
-            raise result["error"]
-        return int(result["lsn"])
+        if "error" in b.result:
+            raise b.result["error"]
+        return int(b.result["lsn"])
 
-    def _run_barrier(self, token: str, result: dict[str, Any]) -> None:
+    def acknowledged(self, lsn: int) -> dict[str, int]:
+        """Standbys whose reported flush position is at or past ``lsn``, with that position."""
+        rows = self._query(
+            "read pg_stat_replication",
+            "SELECT application_name, flush_lsn FROM pg_stat_replication"
+            " WHERE flush_lsn IS NOT NULL AND flush_lsn >= %s::pg_lsn",
+            (format_lsn(lsn),),
+        )
+        return {str(r[0]): _lsn(r[1]) or 0 for r in rows}
+
+    def _run_barrier(self, b: _Barrier) -> None:
         warnings: list[str] = []
+        token = f"revision {b.revision}, apply {b.epoch}"
         try:
             with _translated("commit the barrier", self.dsn), self._connect(autocommit=False) as conn:
                 conn.add_notice_handler(lambda d: warnings.append(d.message_primary or ""))
@@ -246,16 +252,22 @@ class PostgresNode:
                 conn.commit()
             if any("synchronous replication" in w for w in warnings):
                 # The wait was cancelled by someone: the commit is local only.
-                result["error"] = PostgresUnreachableError(f"barrier {token}: wait was cancelled ({warnings[-1]})")
+                b.result["error"] = PostgresUnreachableError(f"barrier ({token}): wait was cancelled ({warnings[-1]})")
                 return
-            result["lsn"] = _lsn(row[0] if row else None) or 0
+            b.result["lsn"] = _lsn(row[0] if row else None) or 0
         except PgcohortError as e:
-            result["error"] = e
+            b.result["error"] = e
 
     # --- failover primitives ----------------------------------------------------------
 
     def revoke(self, *, timeout: float = 10.0) -> int:
         """Stop this standby receiving WAL; return its final position (max received/replayed)."""
+        before = self.observe()
+        if before.primary:
+            raise NotStandbyError(
+                f"{_where(self.dsn)} is not in recovery: it is a primary (at {format_lsn(before.lsn)})",
+                position=before.lsn,
+            )
         self._query("revoke (clear primary_conninfo)", "ALTER SYSTEM SET primary_conninfo = ''")
         self._query("reload", "SELECT pg_reload_conf()")
         deadline = time.monotonic() + timeout
@@ -280,3 +292,18 @@ class PostgresNode:
         (row,) = self._query("promote", "SELECT pg_promote(true, %s)", (timeout,))
         if not row[0]:
             raise PostgresUnreachableError(f"{_where(self.dsn)} did not finish promotion within {timeout}s")
+
+
+class _SettingWriter:
+    """What :meth:`PostgresNode.setting_lock` yields: writes through the locked session."""
+
+    def __init__(self, node: PostgresNode, conn: psycopg.Connection[Any]) -> None:
+        self._node, self._conn = node, conn
+
+    def write(self, desired: Desired) -> None:
+        self._node._write(self._conn, desired)
+
+
+def connector(options: str) -> Callable[[Member], PostgresNode]:
+    """Reach any member by the host and port the ruleset records, with libpq ``options``."""
+    return lambda m: PostgresNode(f"host={m.host.strip('[]')} port={m.port} {options}")

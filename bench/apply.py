@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psycopg  # noqa: E402
 
 from bench.common import BareCas, ms, pct  # noqa: E402
-from plugin import protocol  # noqa: E402
-from plugin.core import ruleset as core  # noqa: E402
+from pgcohort import protocol  # noqa: E402
+from pgcohort.core import ruleset as core  # noqa: E402
 from tests.stack import BIN, Stack  # noqa: E402
 
 
@@ -73,18 +73,18 @@ def main() -> int:
         store = st.store()
         st.wait("initial apply", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
         probe = Enforcement(st.pg.nodes["pg0"].dsn)
-        baseline = BareCas(st.etcd.leader().client_port)
+        baseline = BareCas(st.etcd_cluster.leader().client_port)
         enforce, finalized = [], []
         wide = "ANY 1 (pg1, pg2, pg3, pg4)"
         for _ in range(args.rounds):
             baseline.once()
 
             t0 = time.monotonic()
-            protocol.change(store, core.AddMember(st.member("pg4")), actor="bench")
+            protocol.propose(store, core.AddMember(st.member("pg4")), actor="bench")
             enforce.append(probe.wait(wide, "pg4") - t0)
             st.wait("finalize", lambda: store.read().ruleset.phase == "stable", interval=0.002)
             finalized.append(time.monotonic() - t0)
-            protocol.change(store, core.RemoveMember("pg4"), actor="bench")
+            protocol.propose(store, core.RemoveMember("pg4"), actor="bench")
             st.wait("finalize", lambda: store.read().ruleset.phase == "stable", interval=0.002)
         cli = []
         env = st.sidecars["pg1"].env

@@ -19,10 +19,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from adapters.postgres import PostgresNode  # noqa: E402
 from bench.common import BareCas, ms, pct  # noqa: E402
-from plugin import gate  # noqa: E402
-from plugin.core.ruleset import Term  # noqa: E402
+from pgcohort import gate  # noqa: E402
+from pgcohort.adapters.postgres import PostgresNode  # noqa: E402
+from pgcohort.core.ruleset import Term  # noqa: E402
+from pgcohort.seams import Revision  # noqa: E402
 from tests.race import connect  # noqa: E402
 from tests.stack import Stack  # noqa: E402
 
@@ -57,15 +58,15 @@ def main() -> int:
         cas_times: list[float] = []
         original_put_term = timed_store.put_term
 
-        def put_term(*a: object, **kw: object) -> object:
+        def put_term(ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
             t0 = time.monotonic()
             try:
-                return original_put_term(*a, **kw)  # type: ignore[arg-type]
+                return original_put_term(ruleset_revision, term_revision, term)
             finally:
                 cas_times.append(time.monotonic() - t0)
 
         timed_store.put_term = put_term  # type: ignore[method-assign]
-        baseline = BareCas(st.etcd.leader().client_port)
+        baseline = BareCas(st.etcd_cluster.leader().client_port)
         total: list[float] = []
         surveys: list[float] = []
         standbys = ["pg1", "pg2", "pg3", "pg4"]
@@ -82,7 +83,7 @@ def main() -> int:
             # now, so restore them first so that this survey does the full work).
             restore(st, standbys)
             t0 = time.monotonic()
-            outcome = gate.gate(timed_store, connect, actor="bench", writer=f"bench/{i}")  # type: ignore[arg-type]
+            outcome = gate.gate(timed_store, connect, actor="bench", writer=f"bench/{i}")
             total.append(time.monotonic() - t0)
 
             # put things back, untimed

@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import BareCas, ms, pct  # noqa: E402
-from plugin import protocol  # noqa: E402
-from plugin.core import ruleset as core  # noqa: E402
-from plugin.core.rules import AnyK, Member, Rule  # noqa: E402
-from plugin.store import EtcdStore  # noqa: E402
+from pgcohort import protocol  # noqa: E402
+from pgcohort.core import ruleset as core  # noqa: E402
+from pgcohort.core.rules import AnyK, Member, Rule  # noqa: E402
+from pgcohort.store import EtcdStore  # noqa: E402
 from tests.servers import EtcdCluster  # noqa: E402
 
 CLUSTER = "bench"
@@ -52,7 +52,7 @@ def main() -> int:
     args = ap.parse_args()
 
     etcd = EtcdCluster(3).start()
-    procs: list[mp.Process] = []
+    procs: list[mp.process.BaseProcess] = []
     try:
         store = EtcdStore(etcd.endpoints, CLUSTER, timeout=3, retry_for=30)
         rule = Rule(AnyK(1), tuple(Member(f"pg{i}") for i in range(3)))
@@ -132,8 +132,8 @@ def main() -> int:
         print(f"  (mean bare {ms(statistics.mean(bare))}, mean each {ms(statistics.mean(each))})")
         return 0
     finally:
-        for p in procs:
-            p.terminate()
+        for proc in procs:
+            proc.terminate()
         etcd.close()
 
 

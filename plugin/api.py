@@ -6,9 +6,9 @@ import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from plugin.core import ruleset as core
-from plugin.metrics import CONTENT_TYPE
-from plugin.sidecar import Sidecar
+from pgcohort.core import ruleset as core
+from pgcohort.metrics import CONTENT_TYPE
+from pgcohort.sidecar import Sidecar
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -1,52 +1,29 @@
-"""The ``pgcohort`` command. Thin: parse, load configuration, call the protocol, print.
+"""The ``pgcohort`` command: parse, load the configuration, call, print. Nothing else.
 
-Exit codes (one per error class, see :mod:`plugin.errors`): 0 done, 2 invalid input,
-3 refused by the rules, 4 conflict, 5 etcd unavailable, 6 indeterminate write,
-7 invalid record in etcd, 8 not initialized, 9 PostgreSQL unreachable or not done, 130 interrupted.
+Member specs are parsed by the core (:func:`pgcohort.core.rules.parse_member`), the status
+document is built by :mod:`pgcohort.report`, the pieces are built by
+:mod:`pgcohort.assembly`, and the exit codes come from the error tree
+(:func:`pgcohort.errors.exit_codes`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import socket
+import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from plugin import config, protocol
-from plugin.core import ruleset as core
-from plugin.core.rules import Member, Rule, parse_policy
-from plugin.errors import InvalidInputError, PgcohortError
-from plugin.store import EtcdStore, Revision, Snapshot, TermSnapshot
+from pgcohort import assembly, config, gate, protocol, report
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import Rule, parse_member, parse_policy
+from pgcohort.errors import InvalidInputError, PgcohortError, exit_codes
+from pgcohort.seams import Revision
+from pgcohort.store import EtcdStore
 
-_MEMBER_SPEC = re.compile(r"(?P<name>[^@/]+)(?:@(?P<host>\[[^\]]+\]|[^/:\[]+)(?::(?P<port>\d+))?)?(?:/(?P<zone>.+))?")
-
-EXIT_CODES = """exit codes:
-  0 done   2 invalid input   3 refused by the rules   4 conflict (stale revision)
-  5 etcd unavailable   6 indeterminate write   7 invalid record in etcd
-  8 not initialized   9 PostgreSQL unreachable or not done   130 interrupted"""
-
-
-def parse_member(spec: str, *, host: str | None = None, port: int | None = None, zone: str | None = None) -> Member:
-    """``NAME[@HOST[:PORT]][/ZONE]``, with flags filling in what the spec leaves out."""
-    m = _MEMBER_SPEC.fullmatch(spec)
-    if not m:
-        raise InvalidInputError(
-            f"invalid member {spec!r}: write NAME[@HOST[:PORT]][/ZONE], e.g. pg1@10.0.0.5:5432/zone-a"
-        )
-    return Member(
-        m["name"],
-        m["host"] or host or "127.0.0.1",
-        int(m["port"]) if m["port"] else (port or 5432),
-        m["zone"] or zone or "default",
-    )
-
-
-def _actor() -> str:
-    return os.environ.get("PGCOHORT_ACTOR") or f"{os.environ.get('USER', 'cli')}@{socket.gethostname()}"
+EXIT_CODES = exit_codes()
 
 
 def _config(args: argparse.Namespace, need: tuple[str, ...] = ()) -> config.Config:
@@ -62,18 +39,8 @@ def _config(args: argparse.Namespace, need: tuple[str, ...] = ()) -> config.Conf
     return config.load(flags, file=args.config, need=need)
 
 
-def _store(args: argparse.Namespace, cfg: config.Config | None = None, **kw: Any) -> EtcdStore:
-    cfg = cfg or _config(args)
-    return EtcdStore(
-        cfg["etcd.endpoints"],
-        cfg["cluster"],
-        prefix=cfg["etcd.prefix"],
-        timeout=cfg["etcd.timeout"],
-        retry_for=cfg["etcd.retry_for"],
-        user=cfg["etcd.user"],
-        password=cfg["etcd.password"],
-        **kw,
-    )
+def _store(args: argparse.Namespace) -> EtcdStore:
+    return assembly.store(_config(args))
 
 
 # --- output --------------------------------------------------------------------------
@@ -90,66 +57,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line, fmt(cells[0]), line] + [fmt(r) for r in cells[1:]] + [line])
 
 
-def _membership(rs: core.Ruleset, name: str) -> str:
-    now_in = rs.rule.member(name) is not None
-    before = rs.previous is None or rs.previous.member(name) is not None
-    if now_in and before:
-        return "member"
-    if now_in:
-        return "joining"
-    if rs.previous is not None and rs.previous.member(name) is not None:
-        return "leaving"
-    return "candidate"
-
-
-def status_document(
-    cluster: str, snap: Snapshot, term: TermSnapshot, nodes: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    rs = snap.ruleset
-    primary = term.term.primary
-    members: dict[str, Member] = {}
-    for r in rs.active_rules():
-        for mm in r.cohort:
-            members.setdefault(mm.name, mm)
-    replication = nodes.get(primary, {}).get("replication") or {}
-    rows = []
-    for name in sorted(set(members) | set(nodes)):
-        m = members.get(name)
-        node = nodes.get(name, {})
-        rep = replication.get(name) if isinstance(replication, dict) else None
-        role = node.get("role") or ("primary" if name == primary else None)
-        rows.append(
-            {
-                "member": name,
-                "zone": m.zone if m else node.get("zone"),
-                "host": f"{m.host}:{m.port}" if m else (f"{node['host']}:{node['port']}" if "host" in node else None),
-                "role": role,
-                "cohort": _membership(rs, name),
-                "seen_revision": node.get("seen_revision"),
-                "lag_bytes": rep.get("lag_bytes") if isinstance(rep, dict) else None,
-                "sync_state": rep.get("sync_state") if isinstance(rep, dict) else None,
-            }
-        )
-    try:
-        setting = rs.rule.render(primary)
-    except PgcohortError as e:
-        setting = f"(cannot render: {e})"
-    return {
-        "cluster": cluster,
-        "version": rs.version,
-        "revision": snap.revision,
-        "phase": rs.phase,
-        "rule": rs.show(),
-        "change": rs.reason if rs.phase == "joint" else None,
-        "changed_by": rs.changed_by,
-        "changed_at": rs.changed_at,
-        "term": term.term.term,
-        "primary": primary,
-        "synchronous_standby_names": setting,
-        "members": rows,
-    }
-
-
 # --- commands ------------------------------------------------------------------------
 
 
@@ -157,7 +64,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     members = tuple(parse_member(s) for s in args.member)
     rule = Rule(parse_policy(args.policy), members)
     store = _store(args)
-    done = protocol.init(store, rule, args.primary, actor=_actor())
+    done = protocol.init(store, rule, args.primary, actor=assembly.actor())
     print(f"initialized {store.root}: version 1 at revision {done.snapshot.revision}, term 1 (primary {args.primary})")
     print(f"rule: {rule.show()}")
     print(f"synchronous_standby_names: {rule.render(args.primary)}")
@@ -168,6 +75,9 @@ def _report_change(done: protocol.Committed) -> None:
     rs = done.snapshot.ruleset
     extra = f" after {done.conflicts} conflict(s), re-validated each time" if done.conflicts else ""
     print(f"committed version {rs.version} at revision {done.snapshot.revision}{extra}: {rs.reason}")
+    if done.superseded:
+        print(f"note: {done.superseded}")
+        return
     print(f"phase {rs.phase}: {rs.show()}")
     if rs.phase == "joint":
         print("both rules hold until the sidecar beside the primary has applied and finalized the change")
@@ -175,17 +85,17 @@ def _report_change(done: protocol.Committed) -> None:
 
 def cmd_add(args: argparse.Namespace) -> int:
     member = parse_member(args.member, host=args.host, port=args.port, zone=args.zone)
-    _report_change(protocol.change(_store(args), core.AddMember(member), actor=_actor()))
+    _report_change(protocol.propose(_store(args), core.AddMember(member), actor=assembly.actor()))
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    _report_change(protocol.change(_store(args), core.RemoveMember(args.member), actor=_actor()))
+    _report_change(protocol.propose(_store(args), core.RemoveMember(args.member), actor=assembly.actor()))
     return 0
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    _report_change(protocol.change(_store(args), core.SetPolicy(parse_policy(args.policy)), actor=_actor()))
+    _report_change(protocol.propose(_store(args), core.SetPolicy(parse_policy(args.policy)), actor=assembly.actor()))
     return 0
 
 
@@ -197,7 +107,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
             "PostgreSQL enforces this ruleset yet. Nothing was changed"
         )
     expected = Revision(args.revision) if args.revision is not None else None
-    done = protocol.finish(_store(args), actor=_actor(), expected=expected)
+    done = protocol.finalize(_store(args), actor=assembly.actor(), expected=expected)
     _report_change(done)
     return 0
 
@@ -205,7 +115,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     store = _store(args)
     snap, term = store.read_both()
-    doc = status_document(store.root, snap, term, store.nodes())
+    doc = report.status_document(store.root, snap, term, store.nodes())
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -259,32 +169,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    import logging
-    import threading
-
-    from adapters.postgres import PostgresNode
-    from plugin import api, sidecar
-    from plugin.metrics import Metrics
+    from pgcohort import api, sidecar
 
     cfg = _config(args, need=("node.name",))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {cfg['node.name']} %(levelname)s %(message)s")
-    metrics = Metrics(cfg["node.name"])
-    store = _store(args, cfg, observe=metrics.observe_etcd)
-    metrics.watch_store(store.stats)
-    settings = sidecar.Settings(
-        name=cfg["node.name"],
-        zone=cfg["node.zone"],
-        host=cfg["node.host"],
-        port=cfg["node.port"],
-        interval=cfg["sidecar.interval"],
-        ttl=cfg["sidecar.ttl"],
-        barrier_timeout=cfg["sidecar.barrier_timeout"],
-        auto_admit=cfg["sidecar.auto_admit"],
-        admit_max_lag=cfg["sidecar.admit_max_lag"],
-        admit_stable_for=cfg["sidecar.admit_stable_for"],
-        leave_timeout=cfg["sidecar.leave_timeout"],
-    )
-    car = sidecar.Sidecar(settings, store, PostgresNode(cfg["postgres.dsn"]), metrics)
+    car = assembly.sidecar(cfg)
     host, _, port = cfg["sidecar.listen"].rpartition(":")
     try:
         server = api.serve(car, host or "127.0.0.1", int(port))
@@ -295,25 +184,18 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     sidecar.install_signal_handlers(car, leaving)
     logging.info(
         "sidecar for %s: http://%s/health, etcd %s",
-        settings.name,
+        car.settings.name,
         cfg["sidecar.listen"],
         ", ".join(cfg["etcd.endpoints"]),
     )
     car.run()
     server.shutdown()
     if leaving.is_set():
-        logging.info("SIGTERM: %s", sidecar.leave(store, settings.name, timeout=settings.leave_timeout))
+        logging.info("SIGTERM: %s", sidecar.leave(car.store, car.settings.name, timeout=car.settings.leave_timeout))
     return 0
 
 
-def _connect(cfg: config.Config) -> Any:
-    from adapters.postgres import PostgresNode
-
-    options = cfg["postgres.member_options"]
-    return lambda m: PostgresNode(f"host={m.host.strip('[]')} port={m.port} {options}")
-
-
-def _report_gate(outcome: Any, promoted: bool) -> None:
+def _report_gate(outcome: gate.Outcome, promoted: bool) -> None:
     t = outcome.term
     print(str(outcome.decision))
     if outcome.survey.unreachable:
@@ -329,28 +211,28 @@ def _report_gate(outcome: Any, promoted: bool) -> None:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from plugin import gate
-
     cfg = _config(args)
     candidate = args.candidate or cfg["node.name"]
     if not candidate:
         raise InvalidInputError("gate needs --candidate (or PGCOHORT_NODE_NAME): the node about to be promoted")
     outcome = gate.gate(
-        _store(args, cfg), _connect(cfg), actor=_actor(), writer=protocol.new_writer(_actor()), candidate=candidate
+        assembly.store(cfg),
+        assembly.connector(cfg),
+        actor=assembly.actor(),
+        writer=protocol.new_writer(assembly.actor()),
+        candidate=candidate,
     )
     _report_gate(outcome, promoted=False)
     return 0
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    from plugin import gate
-
     cfg = _config(args)
     outcome = gate.failover(
-        _store(args, cfg),
-        _connect(cfg),
-        actor=_actor(),
-        writer=protocol.new_writer(_actor()),
+        assembly.store(cfg),
+        assembly.connector(cfg),
+        actor=assembly.actor(),
+        writer=protocol.new_writer(assembly.actor()),
         candidate=args.candidate,
         allow_data_loss=args.allow_data_loss,
     )
@@ -359,10 +241,10 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 
 def cmd_leave(args: argparse.Namespace) -> int:
-    from plugin import sidecar
+    from pgcohort import sidecar
 
     cfg = _config(args, need=("node.name",))
-    print(sidecar.leave(_store(args, cfg), cfg["node.name"], timeout=cfg["sidecar.leave_timeout"]))
+    print(sidecar.leave(assembly.store(cfg), cfg["node.name"], timeout=cfg["sidecar.leave_timeout"]))
     return 0
 
 

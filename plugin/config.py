@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from plugin.errors import InvalidInputError
+from pgcohort.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

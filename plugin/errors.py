@@ -8,14 +8,18 @@ one function, and the CLI maps each class to one exit code::
      ├── InvalidInputError        exit 2  bad flag, name, policy or config value; nothing changed
      ├── RefusedError             exit 3  the rules forbid it (joint phase open, K too large, ...)
      ├── ConflictError            exit 4  the revision this was based on is stale: re-read, re-validate
+     │    └── SupersededError             our write committed, then someone else's replaced it
      ├── StoreUnavailableError    exit 5  no etcd endpoint answered; nothing is known to have changed
      ├── IndeterminateError       exit 6  a write may or may not have committed: re-read before acting
      ├── InvalidRecordError       exit 7  a record in etcd is not a valid pgcohort record; nothing changed
      ├── NotInitializedError      exit 8  the cluster has no ruleset yet: run `pgcohort init`
-     └── PostgresError            exit 9  PostgreSQL did not do what was asked
-          ├── PostgresUnreachableError    the server did not answer, or the query failed
-          ├── NotInForceError             a setting was written but is not yet in force
-          └── BarrierPendingError         the barrier commit is not acknowledged yet
+     ├── PostgresError            exit 9  PostgreSQL did not do what was asked
+     │    ├── PostgresUnreachableError    the server did not answer, or the query failed
+     │    ├── NotInForceError             a setting was written but is not yet in force
+     │    ├── BarrierPendingError         the barrier commit is not acknowledged yet
+     │    └── NotStandbyError             a member that should be a standby is a primary
+     ├── AccessDeniedError        exit 10 etcd refused our credentials or role; nothing changed
+     └── TimedOutError            exit 11 a step we wait for (e.g. a finalize) did not happen in time
 
 Messages say what was wrong, what state was kept and what to do next.
 """
@@ -49,6 +53,18 @@ class ConflictError(PgcohortError):
     def __init__(self, message: str, *, current_revision: int | None = None) -> None:
         super().__init__(message)
         self.current_revision = current_revision
+
+
+class SupersededError(ConflictError):
+    """Our write committed (recognised by its writer id in ``history/``), then another replaced it.
+
+    The change happened; whatever depended on it being *current* (a promotion under the term
+    we wrote) must not go ahead.
+    """
+
+    def __init__(self, message: str, *, committed_revision: int, current_revision: int | None) -> None:
+        super().__init__(message, current_revision=current_revision)
+        self.committed_revision = committed_revision
 
 
 class StoreUnavailableError(PgcohortError):
@@ -94,4 +110,44 @@ class NotInForceError(PostgresError):
 
 
 class BarrierPendingError(PostgresError):
-    """The barrier commit was not acknowledged in time; it keeps waiting and is reused."""
+    """The barrier commit was not acknowledged in time; it keeps waiting (for its own revision only)."""
+
+
+class NotStandbyError(PostgresError):
+    """A member that was to be revoked and surveyed is not in recovery: it is a primary."""
+
+    def __init__(self, message: str, *, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class AccessDeniedError(PgcohortError):
+    """etcd denied the request (authentication or role permissions). Nothing was changed."""
+
+    exit_code = 10
+
+
+class TimedOutError(PgcohortError):
+    """A step this command waits for did not happen in time. What was committed stays committed."""
+
+    exit_code = 11
+
+
+def exit_codes() -> str:
+    """The table ``--help`` shows, made from the tree so the two cannot disagree."""
+    rows = [(0, "done")]
+    seen = set()
+    for cls in _leaves(PgcohortError):
+        if cls.exit_code not in seen:
+            seen.add(cls.exit_code)
+            rows.append((cls.exit_code, (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")))
+    rows.append((130, "interrupted"))
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(rows))
+
+
+def _leaves(root: type[PgcohortError]) -> list[type[PgcohortError]]:
+    out: list[type[PgcohortError]] = []
+    for sub in root.__subclasses__():
+        out.append(sub)
+        out += _leaves(sub)
+    return out

@@ -3,12 +3,15 @@
 1. Read the ruleset and the term in one linearizable read (revisions R and T).
 2. **Revoke** every reachable member of every active cohort except the failed primary
    (it stops receiving WAL, so its position cannot grow behind the survey's back) and
-   read its position.
-3. Apply the failover rule (:func:`plugin.core.failover.decide`) to every active rule.
+   read its position. A member that is not in recovery is a second primary (possible after
+   an indeterminate term write or a promotion outside pgcohort): the gate refuses and names
+   both, and never picks it.
+3. Apply the failover rule (:func:`pgcohort.core.failover.decide`) to every active rule.
    A refusal says which rule, how many members were reached and how many more are needed.
 4. Record the new term with one transaction that compares R and T. If the ruleset moved,
    this view was stale: re-read, survey again, decide again. If the term moved, another
-   orchestrator decided first: stop, so that exactly one promotion happens.
+   orchestrator decided first: stop, so that exactly one promotion happens. If our own term
+   committed and was then superseded, stop too and say so.
 5. Only after the term is committed is the candidate promoted (:func:`failover`); the
    gate alone (:func:`gate`) is what an HA manager's pre-promote hook calls.
 
@@ -21,30 +24,15 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
 
-from plugin.core import failover as rule
-from plugin.core.rules import Member
-from plugin.core.ruleset import Ruleset, Term
-from plugin.errors import ConflictError, PgcohortError, RefusedError
-from plugin.protocol import now
-from plugin.store import EtcdStore, Revision
-
-
-class Node(Protocol):
-    """A member's PostgreSQL as the gate needs it (adapters.postgres.PostgresNode)."""
-
-    def revoke(self, *, timeout: float = 10.0) -> int:
-        """Stop receiving WAL from the old primary; return the final position (may raise)."""
-        ...
-
-    def promote(self, *, timeout: int = 60) -> None:
-        """Promote and wait until it accepts writes."""
-        ...
-
-    def close(self) -> None: ...
-
+from pgcohort.core import failover as rule
+from pgcohort.core.failover import format_lsn
+from pgcohort.core.rules import Member
+from pgcohort.core.ruleset import Ruleset, Term
+from pgcohort.errors import ConflictError, NotStandbyError, PgcohortError, RefusedError, SupersededError
+from pgcohort.protocol import now
+from pgcohort.seams import Node, Revision, Store
 
 Connect = Callable[[Member], Node]
 
@@ -53,6 +41,7 @@ Connect = Callable[[Member], Node]
 class Survey:
     positions: dict[str, int]  # revoked members and their final positions
     unreachable: dict[str, str]  # members that could not be revoked, and why
+    primaries: dict[str, int] = field(default_factory=dict)  # members not in recovery, and their positions
 
 
 @dataclass(frozen=True)
@@ -86,19 +75,21 @@ def survey(ruleset: Ruleset, old_primary: str, connect: Connect, *, timeout: flo
         finally:
             node.close()
 
-    positions, unreachable = {}, {}
+    positions, unreachable, primaries = {}, {}, {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
         futures = {name: pool.submit(revoke, m) for name, m in members.items()}
         for name, fut in futures.items():
             try:
                 positions[name] = fut.result(timeout=timeout + 5)
+            except NotStandbyError as e:
+                primaries[name] = e.position
             except (PgcohortError, concurrent.futures.TimeoutError) as e:
                 unreachable[name] = str(e) or type(e).__name__
-    return Survey(positions, unreachable)
+    return Survey(positions, unreachable, primaries)
 
 
 def gate(
-    store: EtcdStore,
+    store: Store,
     connect: Connect,
     *,
     actor: str,
@@ -115,6 +106,14 @@ def gate(
         if candidate == old:
             raise RefusedError(f"{candidate} is the current primary (term {term.term.term}); nothing to fail over")
         found = survey(snap.ruleset, old, connect, timeout=survey_timeout)
+        if found.primaries:
+            others = ", ".join(f"{n} (at {format_lsn(p)})" for n, p in sorted(found.primaries.items()))
+            raise RefusedError(
+                f"failover from {old} refused: {others} is not in recovery although term {term.term.term} "
+                f"names {old} as the primary: two primaries, {old} and {others}. No term was written and nothing "
+                "was promoted. Stop the one that should not be primary (an indeterminate term write or a "
+                "promotion outside pgcohort can cause this), check `pgcohort status`, then fail over again"
+            )
         decision = rule.decide(snap.ruleset, old, found.positions, candidate)
         forced = ""
         if not decision.allowed:
@@ -123,8 +122,7 @@ def gate(
                 raise RefusedError(
                     f"failover from {old} refused: {decision.reason}"
                     + (f" (unreachable: {unreachable})" if unreachable else "")
-                    + f"\n{decision}\nNo term was written and nothing was promoted. Bring more members back,"
-                    " or, accepting the loss of acknowledged writes, pass --allow-data-loss"
+                    + f"\n{decision}\nNo term was written and nothing was promoted. {decision.remedy}"
                 )
             decision, forced = _forced(snap.ruleset, old, found, candidate, decision)
         new_term = Term(
@@ -139,8 +137,10 @@ def gate(
         )
         try:
             rev = store.put_term(snap.revision, term.revision, new_term)
+        except SupersededError as e:
+            raise ConflictError(f"{e}; not promoting. Nothing was promoted by this run") from None
         except ConflictError:
-            now_term = store.read_term()
+            _, now_term = store.read_both()
             if now_term.revision != term.revision:
                 # Another orchestrator decided first: failing over again would promote twice.
                 raise ConflictError(
@@ -163,15 +163,26 @@ def _forced(
     if candidate is not None:
         eligible = {n: p for n, p in eligible.items() if n == candidate}
     if not eligible:
-        raise RefusedError(f"even with --allow-data-loss there is no reachable eligible candidate: {refused.reason}")
+        raise RefusedError(
+            f"even with --allow-data-loss there is no reachable eligible candidate: {refused.reason}. "
+            "No term was written and nothing was promoted"
+        )
     best = max(sorted(eligible), key=lambda n: eligible[n])
     forced = f"forced with allow-data-loss: {refused.reason}"
     return rule.FailoverDecision(True, best, refused.checks, forced), forced
 
 
-def failover(store: EtcdStore, connect: Connect, **kw: object) -> Outcome:
+def failover(
+    store: Store,
+    connect: Connect,
+    *,
+    actor: str,
+    writer: str,
+    candidate: str | None = None,
+    allow_data_loss: bool = False,
+) -> Outcome:
     """:func:`gate`, then promote the candidate. Promotion happens only after the term commits."""
-    outcome = gate(store, connect, **kw)  # type: ignore[arg-type]
+    outcome = gate(store, connect, actor=actor, writer=writer, candidate=candidate, allow_data_loss=allow_data_loss)
     node = connect(outcome.member)
     try:
         node.promote()

@@ -1,19 +1,22 @@
 """Prometheus metrics of one sidecar: the only module that imports prometheus_client.
 
 Every metric is prefixed ``pgcohort_``; ``dashboards/`` has a Grafana dashboard and alert
-rules built on these names.
+rules built on these names, and ``tests/test_metrics_live.py`` checks that a real sidecar
+sets every series they use. A gauge appears only once it was set: a value nobody measured
+is absent (``absent()`` in PromQL), never a misleading 0.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from plugin.core.ruleset import Ruleset
-from plugin.store import StoreStats
+from pgcohort.core.ruleset import Ruleset
+from pgcohort.seams import StoreStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -35,32 +38,41 @@ class _StoreCollector(Collector):
         )
 
 
+class _SetGauge:
+    """An unlabelled gauge registered on its first :meth:`set`, so an unset series is absent."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, documentation: str) -> None:
+        self._gauge = Gauge(name, documentation, registry=None)
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._registered = False
+
+    def set(self, value: float) -> None:
+        with self._lock:
+            if not self._registered:
+                self._registry.register(self._gauge)
+                self._registered = True
+        self._gauge.set(value)
+
+
 class Metrics:
     def __init__(self, member: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.member = member
-        self.revision = Gauge("pgcohort_ruleset_revision", "etcd revision of the committed ruleset", registry=r)
-        self.version = Gauge("pgcohort_ruleset_version", "version of the committed ruleset", registry=r)
-        self.joint = Gauge("pgcohort_ruleset_joint", "1 while a change is in its joint phase", registry=r)
-        self.joint_seconds = Gauge(
-            "pgcohort_joint_phase_seconds", "seconds the current joint phase has lasted", registry=r
+        self.revision = _SetGauge(r, "pgcohort_ruleset_revision", "etcd revision of the committed ruleset")
+        self.version = _SetGauge(r, "pgcohort_ruleset_version", "version of the committed ruleset")
+        self.joint = _SetGauge(r, "pgcohort_ruleset_joint", "1 while a change is in its joint phase")
+        self.joint_seconds = _SetGauge(r, "pgcohort_joint_phase_seconds", "seconds the current joint phase has lasted")
+        self.cohort_size = _SetGauge(r, "pgcohort_cohort_size", "members in the committed rule's cohort")
+        self.required_acks = _SetGauge(r, "pgcohort_required_acks", "standby acks that make a write durable (K)")
+        self.seen = _SetGauge(r, "pgcohort_seen_revision", "latest ruleset revision this sidecar's watch delivered")
+        self.applied = _SetGauge(
+            r, "pgcohort_applied_revision", "ruleset revision whose setting this sidecar verified in force (primary)"
         )
-        self.cohort_size = Gauge("pgcohort_cohort_size", "members in the committed rule's cohort", registry=r)
-        self.required_acks = Gauge("pgcohort_required_acks", "standby acks that make a write durable (K)", registry=r)
-        self.seen = Gauge(
-            "pgcohort_seen_revision", "latest ruleset revision this sidecar's watch delivered", registry=r
-        )
-        self.applied = Gauge(
-            "pgcohort_applied_revision",
-            "ruleset revision whose setting this sidecar verified in force (primary)",
-            registry=r,
-        )
-        self.fenced = Gauge(
-            "pgcohort_fenced", "1 if this node's PostgreSQL is a primary the term does not name", registry=r
-        )
-        self.healthy = Gauge("pgcohort_healthy", "1 if /health answers 200", registry=r)
-        self.is_primary = Gauge("pgcohort_primary", "1 if this node's PostgreSQL is a primary", registry=r)
+        self.fenced = _SetGauge(r, "pgcohort_fenced", "1 if this node's PostgreSQL is a primary the term does not name")
+        self.healthy = _SetGauge(r, "pgcohort_healthy", "1 if /health answers 200")
+        self.is_primary = _SetGauge(r, "pgcohort_primary", "1 if this node's PostgreSQL is a primary")
         self.changes = Counter(
             "pgcohort_changes", "ruleset changes this sidecar attempted, by result", ["result"], registry=r
         )

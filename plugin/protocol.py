@@ -1,10 +1,11 @@
-"""The membership protocol of DESIGN.md, composed from the pure core and the store.
+"""The membership protocol of DESIGN.md, composed from the pure core and a :class:`Store`.
 
-``init`` (create-if-absent), ``change`` (step 1, propose) and ``finish`` (step 3,
-finalize) each read the committed ruleset linearizably, let the core validate and build the
-next value, and commit it with one compare-and-swap. A conflict means someone else
-committed first: re-read, re-validate (which may now refuse), and retry a bounded number
-of times. Step 2 (apply + barrier) belongs to the sidecar beside the primary.
+``init`` (create-if-absent), ``propose`` (step 1) and ``finalize`` (step 3) each read the
+committed ruleset linearizably, let the core validate and build the next value, and commit
+it with one compare-and-swap. A conflict means someone else committed first: re-read,
+re-validate (which may now refuse), and retry a bounded number of times. A write whose
+first attempt committed and was then superseded is reported as committed, with what
+superseded it. Step 2 (apply + barrier) belongs to the sidecar beside the primary.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import datetime
 import uuid
 from dataclasses import dataclass
 
-from plugin.core import ruleset as core
-from plugin.core.rules import Rule
-from plugin.errors import ConflictError
-from plugin.store import EtcdStore, Revision, Snapshot
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import Rule
+from pgcohort.errors import ConflictError, SupersededError
+from pgcohort.seams import Revision, Snapshot, Store
 
 
 def now() -> str:
@@ -30,13 +31,14 @@ def new_writer(actor: str) -> str:
 
 @dataclass(frozen=True)
 class Committed:
-    """A ruleset this process committed, and how many conflicts it took."""
+    """A ruleset this process committed, how many conflicts it took, and what superseded it, if anything."""
 
     snapshot: Snapshot
     conflicts: int
+    superseded: str = ""
 
 
-def init(store: EtcdStore, rule: Rule, primary: str, *, actor: str) -> Committed:
+def init(store: Store, rule: Rule, primary: str, *, actor: str) -> Committed:
     writer = new_writer(actor)
     at = now()
     rs = core.initial(rule, primary, changed_by=actor, now=at, writer=writer)
@@ -45,7 +47,7 @@ def init(store: EtcdStore, rule: Rule, primary: str, *, actor: str) -> Committed
     return Committed(Snapshot(rs, rev), 0)
 
 
-def change(store: EtcdStore, what: core.Change, *, actor: str, attempts: int = 5) -> Committed:
+def propose(store: Store, what: core.Change, *, actor: str, attempts: int = 5) -> Committed:
     """Propose ``what``: commit the joint ruleset, re-validating after every conflict."""
     conflicts = 0
     while True:
@@ -56,6 +58,8 @@ def change(store: EtcdStore, what: core.Change, *, actor: str, attempts: int = 5
         try:
             rev = store.commit(snap.revision, proposed, term_revision=term.revision)
             return Committed(Snapshot(proposed, rev), conflicts)
+        except SupersededError as e:
+            return Committed(Snapshot(proposed, Revision(e.committed_revision)), conflicts, str(e))
         except ConflictError:
             conflicts += 1
             if conflicts >= attempts:
@@ -65,7 +69,7 @@ def change(store: EtcdStore, what: core.Change, *, actor: str, attempts: int = 5
                 ) from None
 
 
-def finish(store: EtcdStore, *, actor: str, expected: Revision | None = None) -> Committed:
+def finalize(store: Store, *, actor: str, expected: Revision | None = None) -> Committed:
     """Finalize the joint phase with a CAS on ``expected`` (or on the revision read now)."""
     snap = store.read()
     if expected is not None and snap.revision != expected:
@@ -75,5 +79,7 @@ def finish(store: EtcdStore, *, actor: str, expected: Revision | None = None) ->
             current_revision=snap.revision,
         )
     final = core.finalize(snap.ruleset, changed_by=actor, now=now(), writer=new_writer(actor))
-    rev = store.commit(snap.revision, final)
-    return Committed(Snapshot(final, rev), 0)
+    try:
+        return Committed(Snapshot(final, store.commit(snap.revision, final)), 0)
+    except SupersededError as e:
+        return Committed(Snapshot(final, Revision(e.committed_revision)), 0, str(e))

@@ -1,12 +1,14 @@
-"""``pgcohort sidecar``: one per PostgreSQL node.
+"""``pgcohort sidecar``: one per database node, whatever drives it (a :class:`pgcohort.seams.Node`).
 
 It keeps the node's leased ``nodes/<name>`` record current, watches the ruleset, and beside
-the primary carries out the steps :mod:`plugin.core.steps` decides: apply, barrier,
-finalize, admit. Every decision starts from a linearizable read of the committed ruleset
-and term; the setting itself is rendered from a read made inside the PostgreSQL advisory
-lock that serialises writes (see :mod:`adapters.postgres`). It never writes a setting from
-a ruleset it has not read as committed. When etcd is unreachable it changes nothing: the
-last applied setting stays, ``/health`` fails, and it resumes by itself when etcd returns.
+the primary carries out the steps :func:`pgcohort.core.steps.next_step` decides: apply,
+barrier, finalize, admit. Every decision starts from a linearizable read of the committed
+ruleset and term. The apply renders the setting from a read made *inside* the node's
+setting lock, so it never writes a setting from a ruleset it has not read as committed,
+and never an older one than another writer already wrote. A barrier is finalized only
+once it proved itself: K members of the new electorate report its LSN as flushed.
+When etcd is unreachable it changes nothing: the last applied setting stays, ``/health``
+fails, and it resumes by itself when etcd returns.
 """
 
 from __future__ import annotations
@@ -15,24 +17,26 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from adapters.postgres import Desired, Observation, PostgresNode
-from plugin import protocol
-from plugin.core import ruleset as core
-from plugin.core import steps
-from plugin.core.failover import format_lsn
-from plugin.core.rules import Member
-from plugin.errors import (
+from pgcohort import protocol
+from pgcohort.core import ruleset as core
+from pgcohort.core import steps
+from pgcohort.core.failover import format_lsn
+from pgcohort.core.node import NodeRecord, StandbyState
+from pgcohort.core.rules import Member
+from pgcohort.errors import (
     BarrierPendingError,
     ConflictError,
     PgcohortError,
     PostgresError,
     RefusedError,
+    TimedOutError,
 )
-from plugin.metrics import Metrics
-from plugin.store import EtcdStore, Revision, Snapshot, View
+from pgcohort.metrics import Metrics
+from pgcohort.seams import Node, Observation, Revision, Snapshot, Store, View
 
 log = logging.getLogger("pgcohort.sidecar")
 
@@ -46,6 +50,7 @@ class Settings:
     interval: float = 1.0
     ttl: int = 10
     barrier_timeout: float = 10.0
+    apply_timeout: float = 5.0
     auto_admit: bool = False
     admit_max_lag: int = 16 * 1024 * 1024
     admit_stable_for: float = 10.0
@@ -58,29 +63,30 @@ class State:
 
     view: View | None = None  # the latest ruleset the watch delivered
     committed: Snapshot | None = None  # the latest linearizable read
+    term_primary: str | None = None
     observation: Observation | None = None
     postgres_error: str = ""
     etcd_error: str = "not contacted yet"
     verified: str | None = None  # the setting verified in force (primary)
     applied_revision: int | None = None
-    barrier_revision: int | None = None
+    barrier_revision: int | None = None  # the revision whose barrier proved itself
     fenced: str = ""
     caught_up_since: dict[str, float] = field(default_factory=dict)
     joint_seen_at: float | None = None
 
 
 class Sidecar:
-    def __init__(self, settings: Settings, store: EtcdStore, pg: PostgresNode, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: Store, node: Node, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
-        self.pg = pg
+        self.node = node
         self.metrics = metrics
         self.state = State()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.registration = store.registration(settings.name, settings.ttl)
-        self._published: tuple[dict[str, Any], float] | None = None
+        self._published: tuple[NodeRecord, float] | None = None
         self._watch = store.watch()
 
     # --- the watch --------------------------------------------------------------------
@@ -120,10 +126,10 @@ class Sidecar:
         self.metrics.healthy.set(1 if not self.health_problems() else 0)
 
     def _observe(self) -> Observation | None:
-        """What this node's PostgreSQL reports now (None if it did not answer), recorded in the state."""
+        """What this node's database reports now (None if it did not answer), recorded in the state."""
         s = self.state
         try:
-            obs: Observation | None = self.pg.observe()
+            obs: Observation | None = self.node.observe()
             error = ""
         except PostgresError as e:
             obs, error = None, str(e)
@@ -131,19 +137,17 @@ class Sidecar:
                 log.warning("%s", e)
         with self.lock:
             s.observation, s.postgres_error = obs, error
+        self.metrics.is_primary.set(1 if obs is not None and obs.primary else 0)
         return obs
 
     def _step(self, obs: Observation | None) -> bool:
-        """Decide and carry out one step; True if another may follow at once."""
+        """Decide one step from a fresh read and carry it out; True if another may follow at once."""
         s = self.state
         snap, term = self.store.read_both()
         now = time.monotonic()
         with self.lock:
-            s.committed = snap
-            if snap.ruleset.phase == "joint":
-                s.joint_seen_at = s.joint_seen_at or now
-            else:
-                s.joint_seen_at = None
+            s.committed, s.term_primary = snap, term.term.primary
+            s.joint_seen_at = (s.joint_seen_at or now) if snap.ruleset.phase == "joint" else None
         self.metrics.ruleset(snap.ruleset, snap.revision, now - (s.joint_seen_at or now))
         admit = self._admission(snap, obs, now) if obs is not None and obs.primary else None
         local = steps.Local(
@@ -157,69 +161,86 @@ class Sidecar:
         with self.lock:
             s.fenced = step.reason if isinstance(step, steps.Fenced) else ""
         self.metrics.fenced.set(1 if s.fenced else 0)
-        if isinstance(step, steps.Apply):
-            desired = self.pg.apply(self._fresh)
-            with self.lock:
-                s.verified, s.applied_revision = desired.setting, desired.revision
-            self.metrics.applied.set(desired.revision)
-            log.info("applied revision %s: synchronous_standby_names = %s", desired.revision, desired.setting)
-            return True
-        if isinstance(step, steps.Barrier):
-            try:
-                lsn = self.pg.barrier(f"{self.settings.name}:{step.revision}", timeout=self.settings.barrier_timeout)
-            except BarrierPendingError as e:
-                log.warning("%s", e)
+        match step:
+            case steps.Apply():
+                self._apply()
+            case steps.Barrier(target):
+                return self._barrier(target)
+            case steps.Finalize(revision):
+                self._finalize(Revision(revision))
+            case steps.Admit(member):
+                self._admit(member)
+            case steps.Idle() | steps.Fenced():
+                if s.verified is not None and s.verified == local.setting and local.primary and not s.fenced:
+                    self._applied(snap.revision)  # the committed rule's setting is in force
                 return False
-            with self.lock:
-                s.barrier_revision = step.revision
-            log.info("barrier for revision %s acknowledged at LSN %s", step.revision, format_lsn(lsn))
-            return True
-        if isinstance(step, steps.Finalize):
-            try:
-                done = protocol.finish(self.store, actor=self.settings.name, expected=Revision(step.revision))
-            except ConflictError:
-                return True  # someone else moved it on: decide again from a new read
-            self.metrics.changes.labels("finalized").inc()
-            with self.lock:
-                s.applied_revision = done.snapshot.revision
-            self.metrics.applied.set(done.snapshot.revision)
-            log.info("finalized at revision %s: %s", done.snapshot.revision, done.snapshot.ruleset.show())
-            return True
-        if isinstance(step, steps.Admit):
-            self._admit(step.member)
-            return True
-        if s.verified is not None and s.verified == local.setting and local.primary and not s.fenced:
-            with self.lock:
-                s.applied_revision = snap.revision  # the committed rule's setting is in force
-            self.metrics.applied.set(snap.revision)
-        return False
+        return True
 
-    def _fresh(self) -> Desired:
-        """Called inside the PostgreSQL lock: the setting of the ruleset committed *now*."""
-        snap, term = self.store.read_both()
-        if term.term.primary != self.settings.name:
-            raise RefusedError(
-                f"term {term.term.term} names {term.term.primary}, not {self.settings.name}: not applying"
-            )
-        rule = snap.ruleset.rule
-        standbys = frozenset(m.name for m in rule.electorate(self.settings.name))
-        return Desired(snap.revision, rule.render(self.settings.name), standbys)
+    def _applied(self, revision: int) -> None:
+        with self.lock:
+            self.state.applied_revision = revision
+        self.metrics.applied.set(revision)
+
+    def _apply(self) -> None:
+        """Render from the ruleset committed *now*, read inside the setting lock, write, wait until in force."""
+        with self.node.setting_lock() as writer:
+            snap, term = self.store.read_both()
+            target = steps.desired(snap.ruleset, snap.revision, term.term.primary, self.settings.name)
+            writer.write(target)
+        self.node.wait_in_force(target, timeout=self.settings.apply_timeout)
+        with self.lock:
+            self.state.verified = target.setting
+        self._applied(target.revision)
+        log.info("applied revision %s: synchronous_standby_names = %s", target.revision, target.setting)
+
+    def _barrier(self, target: steps.Desired) -> bool:
+        """Commit the barrier for ``target`` and wait until K of its standbys report it flushed."""
+        try:
+            lsn = self.node.barrier(target.revision, timeout=self.settings.barrier_timeout)
+        except BarrierPendingError as e:
+            log.warning("%s", e)
+            return False
+        deadline = time.monotonic() + self.settings.barrier_timeout
+        while not steps.barrier_proven(target, acked := self.node.acknowledged(lsn)):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "barrier for revision %s at LSN %s released, but only %s of the %s required standbys of %s "
+                    "report it flushed; not finalizing (a WAL sender may still enforce the old setting)",
+                    target.revision,
+                    format_lsn(lsn),
+                    " ".join(sorted(acked)) or "none",
+                    target.acks,
+                    target.setting,
+                )
+                return False
+            self.stopping.wait(0.01)
+        with self.lock:
+            self.state.barrier_revision = target.revision
+        log.info(
+            "barrier for revision %s at LSN %s flushed by %s", target.revision, format_lsn(lsn), " ".join(sorted(acked))
+        )
+        return True
+
+    def _finalize(self, revision: Revision) -> None:
+        try:
+            done = protocol.finalize(self.store, actor=self.settings.name, expected=revision)
+        except ConflictError:
+            return  # someone else moved it on: decide again from a new read
+        self.metrics.changes.labels("finalized").inc()
+        self._applied(done.snapshot.revision)
+        log.info("finalized at revision %s: %s", done.snapshot.revision, done.snapshot.ruleset.show())
 
     def _admission(self, snap: Snapshot, obs: Observation, now: float) -> Member | None:
-        lags = {r.name: r.lag_bytes for r in obs.replication}
-        self.metrics.lags(lags)
+        self.metrics.lags({r.name: r.lag_bytes for r in obs.replication})
         if not self.settings.auto_admit:
             return None
         streaming = {r.name.lower(): r for r in obs.replication if r.state == "streaming"}
         candidates = {}
         for name, rec in self.store.nodes().items():
             rep = streaming.get(name.lower())
-            if rec.get("role") != "replica" or "zone" not in rec:
-                continue
-            try:
-                member = Member(name, str(rec.get("host")), int(rec.get("port", 0)), str(rec["zone"]))
-            except (PgcohortError, ValueError, TypeError):
-                continue  # a malformed record is never admitted
+            member = rec.member()
+            if rec.role != "replica" or member is None:
+                continue  # a malformed or incomplete record is never admitted
             candidates[name] = steps.Candidate(member, rep is not None, rep.lag_bytes if rep else None)
         since, chosen = steps.admission(
             snap.ruleset,
@@ -235,7 +256,7 @@ class Sidecar:
 
     def _admit(self, member: Member) -> None:
         try:
-            done = protocol.change(self.store, core.AddMember(member), actor=self.settings.name)
+            done = protocol.propose(self.store, core.AddMember(member), actor=self.settings.name)
         except RefusedError as e:
             self.metrics.changes.labels("refused").inc()
             log.warning("not admitting %s: %s", member.name, e)
@@ -250,36 +271,35 @@ class Sidecar:
 
     # --- the node record --------------------------------------------------------------
 
-    def record(self, obs: Observation | None) -> dict[str, Any]:
+    def record(self, obs: Observation | None) -> NodeRecord:
         s = self.state
-        rec: dict[str, Any] = {
-            "zone": self.settings.zone,
-            "host": self.settings.host,
-            "port": self.settings.port,
-            "role": "unknown" if obs is None else ("primary" if obs.primary else "replica"),
-            "lsn": None if obs is None else obs.lsn,
-            "seen_revision": s.view.revision if s.view else None,
-        }
-        if obs is None:
-            rec["postgres"] = s.postgres_error
-        elif obs.primary:
-            rec["applied_revision"] = s.applied_revision
-            rec["barrier_revision"] = s.barrier_revision
-            rec["synchronous_standby_names"] = obs.setting
-            rec["replication"] = {
-                r.name: {"state": r.state, "sync_state": r.sync_state, "lag_bytes": r.lag_bytes}
-                for r in obs.replication
-            }
-        if s.fenced:
-            rec["fenced"] = s.fenced
-        return rec
+        base = NodeRecord(
+            self.settings.name,
+            self.settings.zone,
+            self.settings.host,
+            self.settings.port,
+            "unknown" if obs is None else ("primary" if obs.primary else "replica"),
+            None if obs is None else obs.lsn,
+            s.view.revision if s.view else None,
+            postgres=s.postgres_error if obs is None else "",
+            fenced=s.fenced,
+        )
+        if obs is None or not obs.primary:
+            return base
+        return replace(
+            base,
+            applied_revision=s.applied_revision,
+            barrier_revision=s.barrier_revision,
+            synchronous_standby_names=obs.setting,
+            replication={r.name: StandbyState(r.state, r.sync_state, r.lag_bytes) for r in obs.replication},
+        )
 
     def _publish(self, obs: Observation | None) -> None:
         rec = self.record(obs)
         now = time.monotonic()
-        if self._published and self._published[0] == rec and now - self._published[1] < self.settings.ttl / 3:
+        if self._published and rec.same_status(self._published[0]) and now - self._published[1] < self.settings.ttl / 3:
             return
-        self.registration.publish({**rec, "at": protocol.now()})
+        self.registration.publish(replace(rec, at=protocol.now()))
         self._published = (rec, now)
 
     # --- health -----------------------------------------------------------------------
@@ -300,14 +320,14 @@ class Sidecar:
             return problems
         if s.view is None or s.view.revision < s.committed.revision:
             problems.append(f"watch has not delivered revision {s.committed.revision} yet")
-        if s.observation is not None and s.observation.primary and not s.fenced:
+        if s.observation is not None and s.observation.primary and not s.fenced and s.term_primary:
             try:
-                desired = s.committed.ruleset.rule.render(self.settings.name)
+                target = steps.desired(s.committed.ruleset, s.committed.revision, s.term_primary, self.settings.name)
             except PgcohortError as e:
                 problems.append(str(e))
             else:
-                if s.verified != desired or s.observation.setting != desired:
-                    problems.append(f"the setting of revision {s.committed.revision} ({desired}) is not in force yet")
+                if s.verified != target.setting or s.observation.setting != target.setting:
+                    problems.append(f"the setting of revision {target.revision} ({target.setting}) is not in force yet")
         return problems
 
     # --- running ----------------------------------------------------------------------
@@ -325,11 +345,12 @@ class Sidecar:
         self.wake.set()
 
 
-def leave(store: EtcdStore, name: str, *, timeout: float) -> str:
+def leave(store: Store, name: str, *, timeout: float) -> str:
     """Remove ``name`` from the cohort through the protocol and wait until it is finalized.
 
     Returns what happened. The primary is never removed (switch over first); a node that is
-    not a member only withdraws its record.
+    not a member only withdraws its record. TimedOutError if the finalize does not come in
+    time (the removal stays committed; the node's record is kept).
     """
     snap, term = store.read_both()
     message = f"{name} is not a member; nothing to remove"
@@ -337,27 +358,30 @@ def leave(store: EtcdStore, name: str, *, timeout: float) -> str:
         message = f"{name} is the primary: not removed (switch over first, then remove it)"
     elif snap.ruleset.rule.member(name) is not None:
         if snap.ruleset.phase == "joint":
-            snap = _wait(store, lambda rs: rs.phase == "stable", timeout, "the change in progress to finish")
-        done = protocol.change(store, core.RemoveMember(name), actor=name)
+            _wait(store, lambda rs: rs.phase == "stable", timeout, "the change in progress to finish")
+        done = protocol.propose(store, core.RemoveMember(name), actor=name)
         _wait(
             store,
             lambda rs: rs.phase == "stable" and rs.rule.member(name) is None,
             timeout,
-            f"removal of {name} to be finalized",
+            f"removal of {name} to be finalized (it is committed, version {done.snapshot.ruleset.version})",
         )
         message = f"removed {name} (version {done.snapshot.ruleset.version}) and the removal was finalized"
-    store.delete(store.node_key(name))
+    store.registration(name, 1).withdraw()
     return message
 
 
-def _wait(store: EtcdStore, done: Any, timeout: float, what: str) -> Snapshot:
+def _wait(store: Store, done: Callable[[core.Ruleset], bool], timeout: float, what: str) -> Snapshot:
     deadline = time.monotonic() + timeout
     while True:
         snap = store.read()
         if done(snap.ruleset):
             return snap
         if time.monotonic() > deadline:
-            raise RefusedError(f"gave up waiting {timeout:g}s for {what} (is the primary's sidecar running?)")
+            raise TimedOutError(
+                f"gave up waiting {timeout:g}s for {what}. Is the primary's sidecar running? `pgcohort status` "
+                "shows the change in progress"
+            )
         time.sleep(0.1)
 
 

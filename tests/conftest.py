@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from plugin.core.rules import AnyK, Member, Rule
-from plugin.store import EtcdStore
+from pgcohort.core.rules import AnyK, Member, Rule
+from pgcohort.store import EtcdStore
+from tests.pg import PG_BIN, PgCluster
 from tests.servers import ETCD, EtcdCluster
 from tests.stack import Stack
 
@@ -40,8 +41,6 @@ def need(binary: str, what: str) -> None:
 
 def need_servers() -> None:
     """etcd and PostgreSQL 15, for the tests that run the whole stack."""
-    from tests.pg import PG_BIN
-
     need(ETCD, "etcd-server")
     need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
 
@@ -54,6 +53,18 @@ def running_stack() -> Iterator[Stack]:
     st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)")
     yield st
     st.close()
+
+
+@pytest.fixture
+def pg() -> Iterator[PgCluster]:
+    """A PostgreSQL 15 primary pg0 with streaming standbys pg1 and pg2."""
+    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
+    cluster = PgCluster()
+    cluster.init_primary("pg0")
+    cluster.add_standby("pg1", "pg0")
+    cluster.add_standby("pg2", "pg0")
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture(scope="session")

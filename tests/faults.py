@@ -32,11 +32,11 @@ if __name__ == "__main__":
 
 import psycopg
 
-from adapters.postgres import PostgresNode
-from plugin import gate, protocol
-from plugin.core import ruleset as core
-from plugin.core.rules import AnyK
-from plugin.errors import PgcohortError, RefusedError
+from pgcohort import gate, protocol
+from pgcohort.adapters.postgres import PostgresNode
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import AnyK
+from pgcohort.errors import PgcohortError, RefusedError
 from tests.race import acked_write, connect, create_ledger, ledger_ids, naive_failover
 from tests.servers import EtcdCluster
 from tests.stack import Stack
@@ -149,7 +149,7 @@ def failover_with_retries(st: Stack) -> gate.Outcome:
     deadline = time.monotonic() + 60
     while True:
         try:
-            return gate.failover(st.store(), connect, actor="fault-suite", writer=protocol.new_writer("fault-suite"))  # type: ignore[arg-type]
+            return gate.failover(st.store(), connect, actor="fault-suite", writer=protocol.new_writer("fault-suite"))
         except RefusedError:
             raise
         except PgcohortError:
@@ -176,38 +176,38 @@ def event(rnd: random.Random, st: Stack, store: object) -> str:
     kind = rnd.choices(kinds, weights=[3, 2, 2, 2, 2, 2, 2, 2, 2, 3, 2])[0]
     try:
         if kind == "add":
-            protocol.change(st.store(retry_for=3), core.AddMember(st.member("pg4")), actor="fault")
+            protocol.propose(st.store(retry_for=3), core.AddMember(st.member("pg4")), actor="fault")
         elif kind == "remove":
             rs = st.store(retry_for=3).read().ruleset
             victims = [m.name for m in rs.rule.cohort if m.name != "pg0"]
             kind = f"remove {rnd.choice(victims)}"
-            protocol.change(st.store(retry_for=3), core.RemoveMember(kind.split()[1]), actor="fault")
+            protocol.propose(st.store(retry_for=3), core.RemoveMember(kind.split()[1]), actor="fault")
         elif kind == "policy":
             k = rnd.choice([1, 2])
             kind = f"policy any {k}"
-            protocol.change(st.store(retry_for=3), core.SetPolicy(AnyK(k)), actor="fault")
+            protocol.propose(st.store(retry_for=3), core.SetPolicy(AnyK(k)), actor="fault")
         elif kind == "etcd-member":
-            m = rnd.choice(st.etcd.members)
-            st.etcd.kill(m)
+            m = rnd.choice(st.etcd_cluster.members)
+            st.etcd_cluster.kill(m)
             time.sleep(rnd.uniform(0.2, 1.0))
-            st.etcd.restart(m, wait=False)
+            st.etcd_cluster.restart(m, wait=False)
         elif kind == "etcd-leader":
-            m = st.etcd.leader()
-            st.etcd.kill(m)
+            m = st.etcd_cluster.leader()
+            st.etcd_cluster.kill(m)
             time.sleep(rnd.uniform(0.5, 1.5))
-            st.etcd.restart(m, wait=False)
+            st.etcd_cluster.restart(m, wait=False)
         elif kind == "quorum":
-            paused = rnd.sample(st.etcd.members, 2)
+            paused = rnd.sample(st.etcd_cluster.members, 2)
             for m in paused:
-                st.etcd.stop(m)
+                st.etcd_cluster.stop(m)
             time.sleep(rnd.uniform(1.0, 3.0))
             for m in paused:
-                st.etcd.cont(m)
+                st.etcd_cluster.cont(m)
         elif kind == "sidecar-mid-change":
             rs = st.store(retry_for=3).read().ruleset
             change: core.Change = core.SetPolicy(AnyK(3 - rs.rule.acks()))
             try:
-                protocol.change(st.store(retry_for=3), change, actor="fault")
+                protocol.propose(st.store(retry_for=3), change, actor="fault")
             finally:
                 time.sleep(rnd.uniform(0.0, 0.1))
                 st.sidecars["pg0"].kill()

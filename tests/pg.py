@@ -29,7 +29,7 @@ def _pg_ids() -> tuple[int, int]:
 
 def as_postgres(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
+        done: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
             args,
             user="postgres",
             group="postgres",
@@ -39,7 +39,8 @@ def as_postgres(args: list[str], **kw: object) -> subprocess.CompletedProcess[st
             text=True,
             cwd="/",
             **kw,
-        )  # type: ignore[call-overload, no-any-return]
+        )
+        return done
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"{args[0]} failed: {e.stderr or e.stdout}") from None
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import psycopg
 
-from adapters.postgres import PostgresNode
-from plugin.core.rules import Member
-from plugin.core.ruleset import Ruleset
-from plugin.store import EtcdStore, Snapshot, TermSnapshot
+from pgcohort.adapters.postgres import PostgresNode
+from pgcohort.core.rules import Member
+from pgcohort.core.ruleset import Ruleset
+from pgcohort.seams import Snapshot, Store, TermSnapshot
+from tests.fakes import DelegatingStore
 
 WARNING = "canceling wait for synchronous replication"
 
@@ -94,19 +95,16 @@ def naive_failover(view: Ruleset, old_primary: str, *, trust: str = "rule") -> s
     return best
 
 
-class StaleOnce:
+class StaleOnce(DelegatingStore):
     """A store whose first read returns a view captured earlier (an orchestrator that read,
     then paused while others changed the ruleset). Everything else is the real store."""
 
-    def __init__(self, store: EtcdStore, stale: tuple[Snapshot, TermSnapshot]) -> None:
-        self._store = store
+    def __init__(self, store: Store, stale: tuple[Snapshot, TermSnapshot]) -> None:
+        super().__init__(store)
         self._stale: tuple[Snapshot, TermSnapshot] | None = stale
 
     def read_both(self) -> tuple[Snapshot, TermSnapshot]:
         if self._stale is not None:
             view, self._stale = self._stale, None
             return view
-        return self._store.read_both()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        return self.store.read_both()

@@ -14,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -30,15 +31,23 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def _get_json(url: str, timeout: float = 1.0) -> dict:
+def _get_json(url: str, timeout: float = 1.0) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
-        return json.loads(r.read())
+        body: dict[str, Any] = json.loads(r.read())
+        return body
 
 
-def _post_json(url: str, body: dict, timeout: float = 3.0) -> dict:
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (loopback only)
-        return json.loads(r.read())
+        answer: dict[str, Any] = json.loads(r.read())
+        return answer
 
 
 @dataclass
@@ -48,7 +57,7 @@ class EtcdMember:
     peer_port: int
     data_dir: str
     log_path: str
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -164,18 +173,19 @@ class EtcdCluster:
         raise RuntimeError("no member accepted the compaction")
 
     def put_raw(self, key: str, value: bytes) -> int:
-        import base64
+        """Write ``value`` under ``key`` behind pgcohort's back (planting records for tests)."""
+        return self._raw("kv/put", {"key": _b64(key.encode()), "value": _b64(value)})
 
+    def delete_raw(self, key: str) -> int:
+        return self._raw("kv/deleterange", {"key": _b64(key.encode())})
+
+    def _raw(self, path: str, body: dict[str, str]) -> int:
         for m in self.members:
             try:
-                r = _post_json(
-                    m.url + "/v3/kv/put",
-                    {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()},
-                )
-                return int(r["header"]["revision"])
+                return int(_post_json(f"{m.url}/v3/{path}", body)["header"]["revision"])
             except OSError:
                 continue
-        raise RuntimeError("no member accepted the put")
+        raise RuntimeError(f"no member accepted {path}")
 
     def close(self) -> None:
         for m in self.members:

@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from plugin import protocol
-from plugin.core.rules import AnyK, Member, Rule
-from plugin.store import EtcdStore
+from pgcohort import protocol
+from pgcohort.core.rules import AnyK, Member, Rule
+from pgcohort.store import EtcdStore
 from tests.pg import PgCluster, PgNode
 from tests.servers import EtcdCluster, free_ports
 
@@ -114,8 +114,12 @@ class Stack:
 
     @property
     def endpoints(self) -> list[str]:
+        return self.etcd_cluster.endpoints
+
+    @property
+    def etcd_cluster(self) -> EtcdCluster:
         assert self.etcd is not None, "start() first"
-        return self.etcd.endpoints
+        return self.etcd
 
     def store(self, **kw: Any) -> EtcdStore:
         kw.setdefault("timeout", 2.0)

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from plugin.cli import main, parse_member
-from plugin.core.rules import Member
-from plugin.errors import InvalidInputError
+from pgcohort.cli import main
+from pgcohort.core.rules import Member, parse_member
+from pgcohort.errors import InvalidInputError
 from tests.servers import EtcdCluster
 
 pytestmark = pytest.mark.etcd

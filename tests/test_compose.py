@@ -5,18 +5,20 @@ from __future__ import annotations
 import pathlib
 import shlex
 import subprocess
+from typing import Any
 
 import yaml
 
-from plugin import config
-from plugin.cli import parse_member
+from pgcohort import config
+from pgcohort.core.rules import parse_member
 from tests.conftest import need
 
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def compose() -> dict:  # type: ignore[type-arg]
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return doc
 
 
 def test_docker_compose_accepts_it() -> None:

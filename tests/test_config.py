@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from plugin import config
-from plugin.errors import InvalidInputError
+from pgcohort import config
+from pgcohort.errors import InvalidInputError
 
 
 def test_precedence(tmp_path: pathlib.Path) -> None:

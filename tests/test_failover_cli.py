@@ -39,7 +39,7 @@ def test_gate_records_the_term_without_promoting(stack: Stack) -> None:
     out = pgcohort(st, "gate", "--candidate", "pg2")
     assert out.returncode == 0, out.stderr
     assert "allowed: promote pg2" in out.stdout and "pg2 may now be promoted" in out.stdout
-    assert st.store().read_term().term.primary == "pg2"
+    assert st.store().read_both()[1].term.primary == "pg2"
     assert in_recovery(st, "pg2")  # the gate decides; the HA manager promotes
     again = pgcohort(st, "gate", "--candidate", "pg3")  # the term names pg2 now: pg3 is not the answer
     assert again.returncode in (3, 4), again.stdout
@@ -52,18 +52,18 @@ def test_refused_failover_then_the_recorded_override(stack: Stack) -> None:
     st.sidecars["pg3"].kill()
     st.pg.crash(st.pg.nodes["pg3"])
     st.pg.crash(st.pg.nodes["pg0"])
-    term_before = st.store().read_term()
+    term_before = st.store().read_both()[1]
     out = pgcohort(st, "failover")
     assert out.returncode == 3, out.stdout + out.stderr
     assert "needs 3 of its 3 standbys surveyed, reached 2: reach 1 more" in out.stderr
     assert "unreachable: pg3" in out.stderr and "No term was written" in out.stderr
-    assert st.store().read_term() == term_before
+    assert st.store().read_both()[1] == term_before
     assert in_recovery(st, "pg1") and in_recovery(st, "pg2")
 
     forced = pgcohort(st, "failover", "--allow-data-loss")
     assert forced.returncode == 0, forced.stderr
     assert "FORCED: forced with allow-data-loss" in forced.stdout
-    term = st.store().read_term().term
+    term = st.store().read_both()[1].term
     assert term.term == 2 and term.forced.startswith("forced with allow-data-loss") and term.decided_by == "sre"
     assert [t.forced != "" for _, t in st.store().term_history()] == [False, True]  # the audit log says so
     assert not in_recovery(st, term.primary)

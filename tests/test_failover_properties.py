@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-from plugin.core import failover
-from plugin.core import ruleset as core
-from plugin.core.rules import AnyK, CrossZone, Member, Rule
-from plugin.errors import PgcohortError
+from pgcohort.core import failover
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import AnyK, CrossZone, Member, Rule
+from pgcohort.errors import PgcohortError
 
 
 @dataclass(frozen=True)

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 
-from adapters.postgres import Desired, PostgresNode
-from plugin.errors import BarrierPendingError, PostgresUnreachableError
-from tests.conftest import need
-from tests.pg import PG_BIN, PgCluster
+from pgcohort.adapters.postgres import PostgresNode
+from pgcohort.core.steps import Desired
+from pgcohort.errors import BarrierPendingError, NotStandbyError, PostgresUnreachableError
+from tests.pg import PgCluster
 
 pytestmark = pytest.mark.pg
-
-
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    need(f"{PG_BIN}/postgres", "PostgreSQL 15 server")
-    cluster = PgCluster()
-    cluster.init_primary("pg0")
-    cluster.add_standby("pg1", "pg0")
-    cluster.add_standby("pg2", "pg0")
-    yield cluster
-    cluster.close()
 
 
 @pytest.fixture
@@ -40,8 +30,14 @@ def connect(pg: PgCluster) -> Iterator[Callable[[str], PostgresNode]]:
         node.close()
 
 
-def desired(rev: int, *names: str) -> Desired:
-    return Desired(rev, f"ANY 1 ({', '.join(names)})", frozenset(names))
+def desired(rev: int, *names: str, acks: int = 1) -> Desired:
+    return Desired(rev, f"ANY {acks} ({', '.join(names)})", frozenset(names), acks)
+
+
+def apply(node: PostgresNode, target: Desired) -> None:
+    with node.setting_lock() as writer:
+        writer.write(target)
+    node.wait_in_force(target, timeout=5)
 
 
 def test_observe_roles_and_positions(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
@@ -54,27 +50,62 @@ def test_observe_roles_and_positions(pg: PgCluster, connect: Callable[..., Postg
 
 def test_apply_is_in_force_when_it_returns(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
     node = connect("pg0")
-    node.apply(lambda: desired(5, "pg1", "pg2"))
+    apply(node, desired(5, "pg1", "pg2"))
     assert node.setting_shown_by_new_session() == "ANY 1 (pg1, pg2)"
     states = {r.name: (r.sync_state, r.sync_priority) for r in node.observe().replication}
     assert states == {"pg1": ("quorum", 1), "pg2": ("quorum", 1)}
-    node.apply(lambda: desired(6, "pg2"))  # narrowing: pg1 stops counting
-    states = {r.name: r.sync_state for r in node.observe().replication}
-    assert node.setting_shown_by_new_session() == "ANY 1 (pg2)" and states == {"pg1": "async", "pg2": "quorum"}
+    apply(node, desired(6, "pg2"))  # narrowing: pg1 stops counting
+    sync_states = {r.name: r.sync_state for r in node.observe().replication}
+    assert node.setting_shown_by_new_session() == "ANY 1 (pg2)" and sync_states == {"pg1": "async", "pg2": "quorum"}
 
 
 def test_barrier_waits_for_a_standby_ack(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
     node = connect("pg0")
-    node.apply(lambda: desired(1, "pg1", "pg2"))
-    assert node.barrier("t:1", timeout=5) > 0
+    apply(node, desired(1, "pg1", "pg2"))
+    assert node.barrier(1, timeout=5) > 0
     pg.crash(pg.nodes["pg1"])
     pg.crash(pg.nodes["pg2"])
-    with pytest.raises(BarrierPendingError, match="keeps waiting"):
-        node.barrier("t:2", timeout=1)
-    with pytest.raises(BarrierPendingError, match="t:2"):  # the same barrier is reused, not duplicated
-        node.barrier("t:3", timeout=0.5)
+    with pytest.raises(BarrierPendingError, match="revision 2 .*keeps waiting"):
+        node.barrier(2, timeout=1)
+    with pytest.raises(BarrierPendingError, match="revision 2"):  # the same revision waits for the same commit
+        node.barrier(2, timeout=0.5)
     pg.start(pg.nodes["pg1"])
-    assert node.barrier("t:4", timeout=20) > 0  # the pending one is acknowledged once a standby is back
+    lsn = node.barrier(2, timeout=20)  # the pending one is acknowledged once a standby is back
+    assert "pg1" in node.acknowledged(lsn)
+
+
+def test_a_barrier_is_never_reused_across_revisions(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
+    """A barrier for revision 10 times out and completes later, uncollected; revision 12's
+    barrier must be a new commit made after revision 12 was written, not the old one."""
+    node = connect("pg0")
+    apply(node, desired(10, "pg1", "pg2"))
+    pg.crash(pg.nodes["pg1"])
+    pg.crash(pg.nodes["pg2"])
+    with pytest.raises(BarrierPendingError):
+        node.barrier(10, timeout=1)
+    pg.start(pg.nodes["pg1"])
+    pg.start(pg.nodes["pg2"])
+    head = node.observe().lsn
+    deadline = time.monotonic() + 30
+    while set(node.acknowledged(head)) != {"pg1", "pg2"}:  # revision 10's barrier is now released
+        assert time.monotonic() < deadline, "the standbys did not catch up"
+        time.sleep(0.05)
+    apply(node, desired(12, "pg1"))
+    before = node.observe().lsn
+    assert node.barrier(12, timeout=10) > before, "revision 12 got a barrier committed before its own apply"
+    # A new write for the same revision (the primary moved away and back) needs its own barrier too.
+    apply(node, desired(12, "pg1"))
+    before = node.observe().lsn
+    assert node.barrier(12, timeout=10) > before
+
+
+def test_acknowledged_names_the_standbys_that_flushed(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
+    node = connect("pg0")
+    apply(node, desired(1, "pg1", "pg2"))
+    connect("pg2").revoke()
+    lsn = node.barrier(1, timeout=5)  # released by pg1 alone: ANY 1
+    assert set(node.acknowledged(lsn)) == {"pg1"}
+    assert node.acknowledged(lsn)["pg1"] >= lsn
 
 
 def test_revoke_stops_receiving_and_reports_position(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
@@ -93,51 +124,14 @@ def test_revoke_stops_receiving_and_reports_position(pg: PgCluster, connect: Cal
     assert standby.observe().primary
 
 
+def test_revoke_refuses_a_primary(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
+    with pytest.raises(NotStandbyError, match="not in recovery") as caught:
+        connect("pg0").revoke()
+    assert caught.value.position > 0
+    assert connect("pg1").observe().receiving  # nothing was changed
+
+
 def test_unreachable_server_is_one_error(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
     pg.crash(pg.nodes["pg2"])
     with pytest.raises(PostgresUnreachableError, match=r"127.0.0.1:\d+\) failed to read its state"):
         connect("pg2", connect_timeout=1).observe()
-
-
-def test_two_writers_never_regress_the_setting(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
-    """Writer A decides on revision 1 and stalls before writing; writer B applies revision 2.
-
-    Naive (write what you decided): A's late write regresses the primary to revision 1.
-    Gated (the adapter's apply: render from a read made inside the advisory lock): A writes
-    what is committed when it gets the lock, so the setting stays at revision 2.
-    """
-    committed = {"rev": 1}
-    settings = {1: desired(1, "pg1"), 2: desired(2, "pg1", "pg2")}
-
-    def read_committed() -> Desired:
-        return settings[committed["rev"]]
-
-    def naive_apply(d: Desired) -> None:
-        with psycopg.connect(pg.nodes["pg0"].dsn, autocommit=True) as conn:
-            conn.execute(
-                psycopg.sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
-                    psycopg.sql.Literal(d.setting)
-                )
-            )
-            conn.execute("SELECT pg_reload_conf()")
-
-    a, b = connect("pg0"), connect("pg0")
-    for gated in (False, True):
-        committed["rev"] = 1
-        b.apply(read_committed)
-        decided = read_committed()  # A decides on revision 1 ...
-        committed["rev"] = 2  # ... the ruleset moves on, B applies it ...
-        b.apply(read_committed)
-        # ... and A resumes.
-        if gated:
-            a.apply(read_committed)
-        else:
-            naive_apply(decided)
-            b.wait_in_force(decided, timeout=5)
-        shown = b.setting_shown_by_new_session()
-        if gated:
-            assert shown == settings[2].setting, "the gated writer regressed the setting"
-        else:
-            assert shown == settings[1].setting, (
-                "the naive writer did not regress: this test would not see a regression"
-            )

@@ -1,11 +1,11 @@
 """A state machine over propose, apply, barrier, finalize, sidecar crashes and failover checks.
 
 A pure model of one cluster: WAL positions, the rule the primary enforces, the ruleset, and
-the primary's sidecar, which acts only through :func:`plugin.core.steps.next_step` (the
+the primary's sidecar, which acts only through :func:`pgcohort.core.steps.next_step` (the
 decisions the real sidecar makes). Writes are acknowledged by K standbys of the enforced
 rule's electorate. After every step:
 
-* the ruleset invariants hold (:func:`plugin.core.ruleset.check_invariants`);
+* the ruleset invariants hold (:func:`pgcohort.core.ruleset.check_invariants`);
 * every acknowledged write is on at least K members of some active rule's electorate
   (the fact the failover rule's overlap argument needs);
 * for a failover decided now, on any survey, an allowed candidate holds every
@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from plugin.core import failover, steps
-from plugin.core import ruleset as core
-from plugin.core.rules import AnyK, Member, Rule
-from plugin.errors import PgcohortError
+from pgcohort.core import failover, steps
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import AnyK, Member, Rule
+from pgcohort.errors import PgcohortError
 
 NAMES = [f"m{i}" for i in range(6)]
 PRIMARY = "m0"
@@ -38,18 +38,17 @@ class Cluster(RuleBasedStateMachine):
         rule0 = Rule(AnyK(1), tuple(Member(n) for n in NAMES[:3]))
         self.rs = core.initial(rule0, PRIMARY, changed_by="", now="")
         self.revision = 1
-        self.enforced = rule0  # the rule whose setting is in force on the primary
+        # What the primary enforces: exactly what the sidecar's Apply step produced.
+        self.enforced = steps.desired(self.rs, self.revision, PRIMARY, PRIMARY)
         self.head = 0
         self.pos = {n: 0 for n in NAMES[1:]}
         self.acked: list[int] = []
-        self.verified: str | None = rule0.render(PRIMARY)
+        self.verified: str | None = self.enforced.setting
         self.barrier: int | None = None
 
     def _ack(self, chooser: st.DataObject) -> None:
-        """The primary commits at head+1; K standbys of the enforced electorate acknowledge."""
-        e = [m.name for m in self.enforced.electorate(PRIMARY)]
-        k = self.enforced.acks()
-        ackers = chooser.draw(st.permutations(e))[:k]
+        """The primary commits at head+1; K of the standbys the enforced setting lists acknowledge."""
+        ackers = chooser.draw(st.permutations(sorted(self.enforced.standbys)))[: self.enforced.acks]
         self.head += 1
         for n in ackers:
             self.pos[n] = self.head  # WAL is ordered: acknowledging L means holding all up to L
@@ -81,11 +80,11 @@ class Cluster(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def sidecar_step(self, data: st.DataObject) -> None:
-        local = steps.Local(PRIMARY, True, self.enforced.render(PRIMARY), self.verified, self.barrier)
+        local = steps.Local(PRIMARY, True, self.enforced.setting, self.verified, self.barrier)
         step = steps.next_step(self.rs, self.revision, PRIMARY, local)
         if isinstance(step, steps.Apply):
-            self.enforced = self.rs.rule
-            self.verified = step.setting
+            self.enforced = step.target
+            self.verified = step.target.setting
         elif isinstance(step, steps.Barrier):
             self._ack(data)
             self.barrier = step.revision
@@ -137,10 +136,26 @@ def test_the_machine_finds_a_finalize_without_barrier(monkeypatch: pytest.Monkey
     """Remove the barrier from the sidecar's steps: finalizing right after apply must lose writes."""
     real = steps.next_step
 
-    def no_barrier(*a: object, **kw: object) -> steps.Step:
-        step = real(*a, **kw)  # type: ignore[arg-type]
+    def no_barrier(
+        ruleset: core.Ruleset, revision: int, term_primary: str, local: steps.Local, admit: Member | None = None
+    ) -> steps.Step:
+        step = real(ruleset, revision, term_primary, local, admit)
         return steps.Finalize(step.revision) if isinstance(step, steps.Barrier) else step
 
     monkeypatch.setattr(steps, "next_step", no_barrier)
+    with pytest.raises(AssertionError, match="on too few members|loses writes"):
+        run_state_machine_as_test(Cluster, settings=settings(SETTINGS, max_examples=2000, database=None))
+
+
+def test_the_machine_finds_the_old_rule_rendered_in_the_joint_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render the previous rule while joint (the setting lags the committed rule): writes are lost."""
+    real = steps.desired
+
+    def stale(ruleset: core.Ruleset, revision: int, term_primary: str, name: str) -> steps.Desired:
+        if ruleset.previous is not None:
+            return real(core.Ruleset(ruleset.version, ruleset.previous), revision, term_primary, name)
+        return real(ruleset, revision, term_primary, name)
+
+    monkeypatch.setattr(steps, "desired", stale)
     with pytest.raises(AssertionError, match="on too few members|loses writes"):
         run_state_machine_as_test(Cluster, settings=settings(SETTINGS, max_examples=2000, database=None))

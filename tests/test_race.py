@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from adapters.postgres import PostgresNode
-from plugin import gate, protocol
-from plugin.core import ruleset as core
-from plugin.errors import ConflictError, RefusedError
+from pgcohort import gate, protocol
+from pgcohort.adapters.postgres import PostgresNode
+from pgcohort.core import ruleset as core
+from pgcohort.errors import ConflictError, RefusedError
 from tests.conftest import need_servers
 from tests.race import StaleOnce, acked_write, connect, create_ledger, ledger_ids, naive_failover
 from tests.stack import Stack
@@ -63,7 +63,7 @@ def seed_scenario(st: Stack) -> tuple[core.Ruleset, tuple]:  # type: ignore[type
     stale = st.store().read_both()  # orchestrator B reads its view ... and pauses
     st.pg.add_standby("pg3", "pg0")  # scaling 3 -> 4: a new replica
     st.start_sidecar("pg3")
-    protocol.change(st.store(), core.AddMember(st.member("pg3")), actor="orchestrator-A")  # A admits it
+    protocol.propose(st.store(), core.AddMember(st.member("pg3")), actor="orchestrator-A")  # A admits it
     st.wait("the admission finalized", lambda: st.store().read().ruleset.phase == "stable")
     assert st.primary_setting() == "ANY 1 (pg1, pg2, pg3)"
     revoke(st, "pg1", "pg2")  # only the new replica is acknowledging now
@@ -83,12 +83,12 @@ def test_seed_race_naive_loses_the_acknowledged_write(stack: Stack) -> None:
 def test_seed_race_gated_keeps_the_acknowledged_write(stack: Stack) -> None:
     st = stack
     _, stale = seed_scenario(st)
-    outcome = gate.failover(StaleOnce(st.store(), stale), connect, actor="orchestrator-B", writer="B/1")  # type: ignore[arg-type]
+    outcome = gate.failover(StaleOnce(st.store(), stale), connect, actor="orchestrator-B", writer="B/1")
     assert outcome.attempts == 2, "the stale view was not caught by the compare"
     assert outcome.candidate == "pg3"
     assert W in ledger_ids(st.pg.nodes["pg3"].dsn)
     assert primaries(st) == ["pg3"]
-    term = st.store().read_term().term
+    term = st.store().read_both()[1].term
     assert (term.term, term.primary, term.forced) == (2, "pg3", "")
     # The old primary comes back still a primary (nothing rewound it): its sidecar is fenced.
     st.pg.start(st.pg.nodes["pg0"])
@@ -106,7 +106,7 @@ def removal_scenario(st: Stack) -> None:
     create_ledger(st.pg.nodes["pg0"].dsn)
     revoke(st, "pg1", "pg2")
     assert acked_write(st.pg.nodes["pg0"].dsn, W)  # acknowledged by pg3 under the current rule
-    protocol.change(st.store(), core.RemoveMember("pg3"), actor="orchestrator-A")
+    protocol.propose(st.store(), core.RemoveMember("pg3"), actor="orchestrator-A")
     st.wait("the narrowed setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2)")
     assert st.store().read().ruleset.phase == "joint"  # the barrier cannot be acknowledged: no finalize
     st.sidecars["pg0"].kill()
@@ -124,14 +124,30 @@ def test_removal_race_naive_loses_the_acknowledged_write(stack: Stack) -> None:
 def test_removal_race_gated_refuses_and_the_write_survives(stack: Stack) -> None:
     st = stack
     removal_scenario(st)
-    before = st.store().read_term()
+    before = st.store().read_both()[1]
     with pytest.raises(RefusedError) as info:
-        gate.failover(st.store(), connect, actor="orchestrator-B", writer="B/1")  # type: ignore[arg-type]
+        gate.failover(st.store(), connect, actor="orchestrator-B", writer="B/1")
     text = str(info.value)
     assert "pg3" in text and "not in every active cohort" in text and "No term was written" in text
-    assert st.store().read_term() == before  # no term, no promotion
+    assert st.store().read_both()[1] == before  # no term, no promotion
     assert primaries(st) == []
     assert W in ledger_ids(st.pg.nodes["pg3"].dsn)  # the write survives where it was acknowledged
+
+
+def test_removal_race_with_the_leaving_member_down_is_refused_under_the_old_rule(stack: Stack) -> None:
+    """As above, and pg3 (the only holder of W) is down too. The new rule alone, any 1 of
+    (pg0 pg1 pg2), is satisfied by surveying pg1 and pg2, and promoting either loses W; the
+    old rule, still active in the joint phase, needs 3 of its 3 standbys: refuse."""
+    st = stack
+    removal_scenario(st)
+    st.pg.crash(st.pg.nodes["pg3"])
+    before = st.store().read_both()[1]
+    with pytest.raises(
+        RefusedError, match=r"any 1 of \(pg0 pg1 pg2 pg3\)' needs 3 of its 3 standbys surveyed, reached 2"
+    ):
+        gate.failover(st.store(), connect, actor="orchestrator-B", writer="B/1")
+    assert st.store().read_both()[1] == before  # no term, no promotion
+    assert primaries(st) == []
 
 
 def test_two_orchestrators_at_once_exactly_one_promotes(stack: Stack) -> None:
@@ -148,7 +164,7 @@ def test_two_orchestrators_at_once_exactly_one_promotes(stack: Stack) -> None:
     def orchestrator(name: str, candidate: str) -> None:
         start.wait()
         try:
-            results[name] = gate.failover(st.store(), connect, actor=name, writer=f"{name}/1", candidate=candidate)  # type: ignore[arg-type]
+            results[name] = gate.failover(st.store(), connect, actor=name, writer=f"{name}/1", candidate=candidate)
         except (ConflictError, RefusedError) as e:
             results[name] = e
 
@@ -163,5 +179,5 @@ def test_two_orchestrators_at_once_exactly_one_promotes(stack: Stack) -> None:
     assert isinstance(losers[0], (ConflictError, RefusedError))
     print(f"\nthe losing orchestrator: {type(losers[0]).__name__}: {losers[0]}")
     assert primaries(st) == [winners[0].candidate]  # exactly one promotion
-    assert st.store().read_term().term.term == 2
+    assert st.store().read_both()[1].term.term == 2
     assert W in ledger_ids(st.pg.nodes[winners[0].candidate].dsn)

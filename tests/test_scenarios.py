@@ -21,10 +21,10 @@ import re
 
 import pytest
 
-from plugin.core import failover
-from plugin.core import ruleset as core
-from plugin.core.rules import Member, Rule, parse_policy
-from plugin.errors import PgcohortError
+from pgcohort.core import failover
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import Member, Rule, parse_policy
+from pgcohort.errors import PgcohortError
 
 HERE = pathlib.Path(__file__).parent / "scenarios"
 FILES = sorted(HERE.glob("*.txt"))
@@ -42,7 +42,7 @@ class Interpreter:
             return f"error ({type(e).__name__}): {e}"
 
     def _args(self, text: str) -> dict[str, str]:
-        return dict(m.groups() for m in re.finditer(r"(\w+)=((?:any \d+)|\S+)", text))
+        return {m[1]: m[2] for m in re.finditer(r"(\w+)=((?:any \d+)|\S+)", text)}
 
     @staticmethod
     def _member(spec: str) -> Member:

@@ -9,9 +9,9 @@ import time
 import psycopg
 import pytest
 
-from plugin import protocol
-from plugin.core import ruleset as core
-from plugin.core.rules import AnyK
+from pgcohort import protocol
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import AnyK
 from tests.servers import free_ports
 from tests.stack import SidecarProcess, Stack
 
@@ -86,7 +86,7 @@ def test_add_is_enforced_only_after_commit_and_finalized_after_barrier(stack: St
         time.sleep(0.3)
         assert "pg4" not in st.primary_setting()  # registered and streaming, but not a member
         before_commit = time.monotonic()
-        added = protocol.change(st.store(), core.AddMember(st.member("pg4")), actor="test")
+        added = protocol.propose(st.store(), core.AddMember(st.member("pg4")), actor="test")
         st.wait("the add to be finalized", lambda: st.store().read().ruleset.phase == "stable")
         final = st.store().read()
         time.sleep(0.2)
@@ -99,10 +99,10 @@ def test_add_is_enforced_only_after_commit_and_finalized_after_barrier(stack: St
     _, rev_final, _ = tl.committed(lambda rs: rs.version == added.snapshot.ruleset.version + 1)
     assert rev_joint == added.snapshot.revision and rev_final == final.revision
     primary = st.store().nodes()["pg0"]
-    assert primary["barrier_revision"] == rev_joint  # the barrier was for the joint revision
+    assert primary.barrier_revision == rev_joint  # the barrier was for the joint revision
     log = st.sidecars["pg0"].log
     applied = log.index(f"applied revision {rev_joint}: synchronous_standby_names = {wide}")
-    barrier = log.index(f"barrier for revision {rev_joint} acknowledged")
+    barrier = log.index(f"barrier for revision {rev_joint} at LSN")
     assert applied < barrier < log.index(f"finalized at revision {rev_final}"), "finalized before apply and barrier"
     assert same_revision_everywhere(st) == final.revision
     assert all(car.get("/health")[0] == 200 for car in st.sidecars.values())
@@ -112,7 +112,7 @@ def test_remove_narrows_before_finalize(stack: Stack) -> None:
     st = stack
     tl = Timeline(st)
     try:
-        removed = protocol.change(st.store(), core.RemoveMember("pg3"), actor="test")
+        removed = protocol.propose(st.store(), core.RemoveMember("pg3"), actor="test")
         assert removed.snapshot.ruleset.phase == "joint"
         st.wait("the removal to be finalized", lambda: st.store().read().ruleset.phase == "stable")
         time.sleep(0.2)
@@ -134,7 +134,7 @@ def test_sidecar_killed_between_apply_and_finalize_resumes(stack: Stack) -> None
     st = stack
     for name in ("pg1", "pg2", "pg3"):  # no standby can acknowledge: the barrier will wait
         st.pg.crash(st.pg.nodes[name])
-    protocol.change(st.store(), core.SetPolicy(AnyK(2)), actor="test")
+    protocol.propose(st.store(), core.SetPolicy(AnyK(2)), actor="test")
     st.wait("the new setting applied", lambda: st.primary_setting() == "ANY 2 (pg1, pg2, pg3)")
     st.wait("the barrier to be pending", lambda: "not acknowledged" in st.sidecars["pg0"].log, timeout=30)
     st.sidecars["pg0"].kill()  # SIGKILL between apply and finalize
@@ -177,7 +177,7 @@ def test_two_sidecars_beside_the_primary_never_regress(stack: Stack) -> None:
     ]
     try:
         for change in changes:
-            protocol.change(st.store(), change, actor="test")
+            protocol.propose(st.store(), change, actor="test")
             st.wait("finalize", lambda: st.store().read().ruleset.phase == "stable")
         time.sleep(0.3)
     finally:
@@ -194,12 +194,12 @@ def test_two_sidecars_beside_the_primary_never_regress(stack: Stack) -> None:
 @pytest.mark.fault
 def test_etcd_quorum_lost_keeps_setting_and_resumes(stack: Stack) -> None:
     st = stack
-    protocol.change(st.store(), core.SetPolicy(AnyK(2)), actor="test")
+    protocol.propose(st.store(), core.SetPolicy(AnyK(2)), actor="test")
     st.wait("finalize", lambda: st.store().read().ruleset.phase == "stable")
     setting = st.primary_setting()
-    paused = st.etcd.members[1:]
+    paused = st.etcd_cluster.members[1:]
     for m in paused:
-        st.etcd.stop(m)
+        st.etcd_cluster.stop(m)
     try:
         st.wait(
             "every /health to fail", lambda: all(c.get("/health")[0] == 503 for c in st.sidecars.values()), timeout=30
@@ -210,11 +210,11 @@ def test_etcd_quorum_lost_keeps_setting_and_resumes(stack: Stack) -> None:
         assert st.primary_setting() == setting  # nothing changed while etcd had no quorum
     finally:
         for m in paused:
-            st.etcd.cont(m)
+            st.etcd_cluster.cont(m)
     st.wait(
         "every /health to pass again", lambda: all(c.get("/health")[0] == 200 for c in st.sidecars.values()), timeout=40
     )
-    protocol.change(st.store(), core.SetPolicy(AnyK(1)), actor="test")  # and it acts again, without a restart
+    protocol.propose(st.store(), core.SetPolicy(AnyK(1)), actor="test")  # and it acts again, without a restart
     st.wait("the next change applied", lambda: st.primary_setting() == "ANY 1 (pg1, pg2, pg3)", timeout=30)
     assert all(c.proc is not None and c.proc.poll() is None for c in st.sidecars.values())
 

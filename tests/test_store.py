@@ -9,18 +9,21 @@ import time
 
 import pytest
 
-from plugin import protocol
-from plugin.core import ruleset as core
-from plugin.core.rules import AnyK, Member
-from plugin.errors import (
+from pgcohort import protocol
+from pgcohort.core import ruleset as core
+from pgcohort.core.node import NodeRecord
+from pgcohort.core.rules import AnyK, Member
+from pgcohort.errors import (
+    AccessDeniedError,
     ConflictError,
     IndeterminateError,
     InvalidRecordError,
     NotInitializedError,
     RefusedError,
     StoreUnavailableError,
+    SupersededError,
 )
-from plugin.store import EtcdStore, Revision
+from pgcohort.store import EtcdStore, Revision
 from tests.conftest import make_store, three_members
 from tests.servers import EtcdCluster
 
@@ -35,7 +38,7 @@ def test_init_is_create_if_absent(store: EtcdStore) -> None:
     assert term.term.term == 1 and term.term.primary == "pg0"
     with pytest.raises(RefusedError, match="already initialized"):
         protocol.init(store, three_members(), "pg1", actor="b")
-    assert store.read() == snap and store.read_term() == term
+    assert store.read() == snap and store.read_both()[1] == term
 
 
 def test_not_initialized_is_reported(store: EtcdStore) -> None:
@@ -45,9 +48,9 @@ def test_not_initialized_is_reported(store: EtcdStore) -> None:
 
 def test_change_commits_joint_ruleset_and_history_in_one_txn(store: EtcdStore) -> None:
     protocol.init(store, three_members(), "pg0", actor="a")
-    added = protocol.change(store, core.AddMember(Member("pg3", zone="z1")), actor="a")
+    added = protocol.propose(store, core.AddMember(Member("pg3", zone="z1")), actor="a")
     assert added.snapshot.ruleset.phase == "joint"
-    final = protocol.finish(store, actor="a", expected=added.snapshot.revision)
+    final = protocol.finalize(store, actor="a", expected=added.snapshot.revision)
     history = store.history()
     assert [rs.version for _, rs in history] == [1, 2, 3]
     # The history entry is written by the same transaction: same revision as the ruleset.
@@ -86,7 +89,7 @@ def test_two_concurrent_proposers_exactly_one_wins(store: EtcdStore) -> None:
     assert store.read().ruleset.changed_by == winners[0]
     # The loser, going through the protocol, re-reads, re-validates and reports why not.
     with pytest.raises(RefusedError, match="already in progress"):
-        protocol.change(store, core.AddMember(Member(loser)), actor=loser)
+        protocol.propose(store, core.AddMember(Member(loser)), actor=loser)
 
 
 def test_conflicting_proposer_retries_validly(store: EtcdStore) -> None:
@@ -95,13 +98,13 @@ def test_conflicting_proposer_retries_validly(store: EtcdStore) -> None:
     base = store.read()
     sneaky = core.propose(base.ruleset, core.SetPolicy(AnyK(2)), "pg0", changed_by="b", now="", writer="b/1")
     store.commit(base.revision, sneaky)
-    protocol.finish(store, actor="b")
+    protocol.finalize(store, actor="b")
     # Now commit with the stale base revision through the store: conflict.
     stale = core.propose(base.ruleset, core.AddMember(Member("pg3")), "pg0", changed_by="a", now="", writer="a/1")
     with pytest.raises(ConflictError) as info:
         store.commit(base.revision, stale)
     assert info.value.current_revision is not None and info.value.current_revision > base.revision
-    done = protocol.change(store, core.AddMember(Member("pg3")), actor="a")
+    done = protocol.propose(store, core.AddMember(Member("pg3")), actor="a")
     assert done.snapshot.ruleset.rule.acks() == 2  # built on the re-read ruleset, not the stale one
 
 
@@ -131,10 +134,12 @@ def test_no_lost_update_over_1000_racing_proposals(etcd3: EtcdCluster, store: Et
             else:
                 extra = Member("pg3")
                 change: core.Change
+                options: list[core.Change] = [core.SetPolicy(AnyK(3 - rs.rule.acks()))]
                 if rs.rule.member("pg3") is None:
-                    change = rnd.choice([core.AddMember(extra), core.SetPolicy(AnyK(3 - rs.rule.acks()))])
+                    options.append(core.AddMember(extra))
                 else:
-                    change = rnd.choice([core.RemoveMember("pg3"), core.SetPolicy(AnyK(3 - rs.rule.acks()))])
+                    options.append(core.RemoveMember("pg3"))
+                change = rnd.choice(options)
                 nxt = core.propose(rs, change, "pg0", changed_by=name, now="", writer=writer)
             try:
                 rev = s.commit(snap.revision, nxt)
@@ -208,13 +213,13 @@ def test_malformed_ruleset_is_reported_and_changes_nothing(
     etcd3: EtcdCluster, store: EtcdStore, planted: bytes, problem: str
 ) -> None:
     protocol.init(store, three_members(), "pg0", actor="a")
-    etcd3.put_raw(store.ruleset_key, planted)
+    etcd3.put_raw(store.records.ruleset_key, planted)
     before = len(store.history())
     with pytest.raises(InvalidRecordError, match=problem) as info:
         store.read()
     assert "Nothing was changed" in str(info.value)
     with pytest.raises(InvalidRecordError):
-        protocol.change(store, core.AddMember(Member("pg3")), actor="a")
+        protocol.propose(store, core.AddMember(Member("pg3")), actor="a")
     assert len(store.history()) == before
     views = store.watch()
     try:
@@ -278,14 +283,14 @@ def test_write_during_quorum_loss_is_indeterminate_then_resolved(etcd_private: E
 
 def test_leased_node_record_expires_and_comes_back(store: EtcdStore) -> None:
     reg = store.registration("pg1", ttl=2)
-    reg.publish({"role": "replica", "seen_revision": 5})
-    assert store.nodes()["pg1"]["role"] == "replica"
+    reg.publish(NodeRecord("pg1", "z1", "127.0.0.1", 5433, "replica", seen_revision=5))
+    assert store.nodes()["pg1"].role == "replica"
     deadline = time.monotonic() + 15
     while "pg1" in store.nodes():  # nobody refreshes: the lease expires
         assert time.monotonic() < deadline, "leased record outlived its TTL by 13s"
         time.sleep(0.2)
-    reg.publish({"role": "replica", "seen_revision": 6})  # a new lease is granted
-    assert store.nodes()["pg1"]["seen_revision"] == 6
+    reg.publish(NodeRecord("pg1", "z1", "127.0.0.1", 5433, "replica", seen_revision=6))  # a new lease is granted
+    assert store.nodes()["pg1"].seen_revision == 6
     reg.withdraw()
     assert "pg1" not in store.nodes()
 
@@ -295,11 +300,11 @@ def test_term_cas_compares_ruleset_and_term(store: EtcdStore) -> None:
     snap, term = store.read_both()
     nxt = term.term.next("pg1", snap.revision, writer="t/1")
     store.put_term(snap.revision, term.revision, nxt)
-    assert store.read_term().term.primary == "pg1"
+    assert store.read_both()[1].term.primary == "pg1"
     stale = term.term.next("pg2", snap.revision, writer="t/2")
     with pytest.raises(ConflictError, match="survey again"):
         store.put_term(snap.revision, term.revision, stale)
-    assert store.read_term().term.primary == "pg1"
+    assert store.read_both()[1].term.primary == "pg1"
 
 
 @pytest.mark.fault
@@ -319,7 +324,41 @@ def test_token_auth(etcd_private: EtcdCluster, cluster_name: str) -> None:
     finally:
         views.close()
     anonymous = make_store(etcd_private, cluster_name, retry_for=1)
-    with pytest.raises(StoreUnavailableError, match="user name is empty|permission denied|invalid auth token"):
+    with pytest.raises(AccessDeniedError, match="user name is empty|permission denied|invalid auth token"):
         anonymous.read()
-    with pytest.raises(StoreUnavailableError, match="authentication failed"):
+    with pytest.raises(AccessDeniedError, match="authentication failed"):
         make_store(etcd_private, cluster_name, user="root", password="wrong")
+
+
+def test_a_retried_write_that_committed_and_was_superseded_says_so(store: EtcdStore) -> None:
+    """The first attempt committed but its answer was lost; by the time the same CAS is
+    retried, someone else moved on. It must be reported as committed, not as a conflict."""
+    protocol.init(store, three_members(), "pg0", actor="a")
+    snap, term = store.read_both()
+    added = core.propose(snap.ruleset, core.AddMember(Member("pg3")), "pg0", changed_by="a", now="", writer="a/1")
+    first = store.commit(snap.revision, added, term_revision=term.revision)  # the answer "lost"
+    protocol.finalize(store, actor="sidecar")
+    with pytest.raises(
+        SupersededError, match=r"version 2 \(add pg3\) was committed at revision \d+, then superseded by version 3"
+    ) as e:
+        store.commit(snap.revision, added, term_revision=term.revision)  # the retry of the same CAS
+    assert e.value.committed_revision == first
+    snap, term = store.read_both()
+    t2 = term.term.next("pg1", snap.revision, writer="g/1")
+    store.put_term(snap.revision, term.revision, t2)
+    store.put_term(snap.revision, store.read_both()[1].revision, t2.next("pg2", snap.revision, writer="g/2"))
+    with pytest.raises(
+        SupersededError, match="term 2 naming pg1 was committed at revision .*, then superseded by term 3"
+    ):
+        store.put_term(snap.revision, term.revision, t2)
+
+
+def test_a_stranger_conflict_is_not_mistaken_for_ours(store: EtcdStore) -> None:
+    protocol.init(store, three_members(), "pg0", actor="a")
+    snap, term = store.read_both()
+    ours = core.propose(snap.ruleset, core.AddMember(Member("pg3")), "pg0", changed_by="a", now="", writer="a/1")
+    theirs = core.propose(snap.ruleset, core.AddMember(Member("pg4")), "pg0", changed_by="b", now="", writer="b/1")
+    store.commit(snap.revision, theirs, term_revision=term.revision)
+    with pytest.raises(ConflictError) as e:
+        store.commit(snap.revision, ours, term_revision=term.revision)
+    assert not isinstance(e.value, SupersededError)

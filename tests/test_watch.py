@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from plugin import protocol
-from plugin.core import ruleset as core
-from plugin.core.rules import AnyK, Member
-from plugin.store import EtcdStore, Revision, View
+from pgcohort import protocol
+from pgcohort.core import ruleset as core
+from pgcohort.core.rules import AnyK, Member
+from pgcohort.store import EtcdStore, Revision, View
 from tests.conftest import make_store, three_members
 from tests.servers import EtcdCluster
 
@@ -55,9 +55,9 @@ def changes(store: EtcdStore, n: int) -> Iterator[Revision]:
     for _ in range(n):
         rs = store.read().ruleset
         if rs.phase == "joint":
-            yield protocol.finish(store, actor="t").snapshot.revision
+            yield protocol.finalize(store, actor="t").snapshot.revision
         else:  # any 1 <-> any 2
-            yield protocol.change(store, core.SetPolicy(AnyK(3 - rs.rule.acks())), actor="t").snapshot.revision
+            yield protocol.propose(store, core.SetPolicy(AnyK(3 - rs.rule.acks())), actor="t").snapshot.revision
 
 
 def test_every_watcher_sees_the_same_sequence(etcd3: EtcdCluster, store: EtcdStore, cluster_name: str) -> None:
@@ -105,7 +105,7 @@ def test_watcher_survives_its_member_being_killed(etcd_private: EtcdCluster, clu
         writer = EtcdStore([m.url for m in etcd_private.members[1:]], cluster_name, timeout=2, retry_for=15)
         revisions = list(changes(writer, 3))
         assert w.until(revisions[-1]) == [first, *revisions]
-        assert watcher_store.endpoint_url() != serving.url
+        assert watcher_store.transport.url() != serving.url
         assert watcher_store.stats().watch_resyncs >= 1
     finally:
         w.close()
@@ -165,7 +165,7 @@ def test_deleted_ruleset_is_reported(etcd3: EtcdCluster, store: EtcdStore) -> No
     w = Watcher(store)
     try:
         w.until(first)
-        store.delete(store.ruleset_key)
+        etcd3.delete_raw(store.records.ruleset_key)
         view = w.views.get(timeout=10)
         assert view.ruleset is None and "deleted" in view.problem
     finally:
@@ -179,7 +179,7 @@ def test_watch_of_an_uninitialized_cluster_waits_for_init(store: EtcdStore) -> N
         assert w.views.empty()
         first = protocol.init(store, three_members(), "pg0", actor="t").snapshot.revision
         assert w.until(first) == [first]
-        added = protocol.change(store, core.AddMember(Member("pg3")), actor="t").snapshot.revision
+        added = protocol.propose(store, core.AddMember(Member("pg3")), actor="t").snapshot.revision
         assert w.until(added) == [first, added]
     finally:
         w.close()

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from plugin.core.rules import Rule
-from plugin.core.ruleset import Ruleset
-from plugin.errors import InvalidInputError
+from pgcohort.core.rules import Rule
+from pgcohort.core.ruleset import Ruleset
+from pgcohort.errors import InvalidInputError
 
 
 def survey_size(electorate: int, acks: int) -> int:
@@ -75,6 +75,7 @@ class FailoverDecision:
     candidate: str | None
     checks: tuple[RuleCheck, ...]
     reason: str
+    remedy: str = ""  # refused: the safe next step for this cause
 
     def __str__(self) -> str:
         head = f"allowed: promote {self.candidate}" if self.allowed else f"refused: {self.reason}"
@@ -107,10 +108,17 @@ def decide(
             f"surveyed, reached {len(c.reached)}: reach {c.missing} more"
             for c in short
         )
-        return FailoverDecision(False, None, checks, reason)
+        return FailoverDecision(
+            False,
+            None,
+            checks,
+            reason,
+            "Bring the missing members back (their PostgreSQL reachable), or, accepting the loss of "
+            "acknowledged writes, pass --allow-data-loss",
+        )
     counted = {n: p for n, p in positions.items() if any(n in r.names for r in ruleset.active_rules())}
     if not counted:
-        return FailoverDecision(False, None, checks, "no cohort member was surveyed")
+        return FailoverDecision(False, None, checks, "no cohort member was surveyed", "Bring cohort members back")
     top = max(counted.values())
     eligible = sorted(n for n in counted if ruleset.counts(n))
     ahead = " ".join(sorted(n for n, p in counted.items() if p == top))
@@ -123,14 +131,26 @@ def decide(
                 checks,
                 f"the most advanced surveyed member(s) {ahead} at {format_lsn(top)} are not "
                 "in every active cohort; no eligible candidate holds every acknowledged write",
+                f"Wait until a member of every active cohort has caught up with {ahead} (or the change in "
+                "progress is finalized), or, accepting the loss of acknowledged writes, pass --allow-data-loss",
             )
         return FailoverDecision(True, best[0], checks, f"{best[0]} holds the highest position {format_lsn(top)}")
     if candidate == old_primary or not ruleset.counts(candidate):
         return FailoverDecision(
-            False, None, checks, f"candidate {candidate} is not in every active cohort ({ruleset.show()})"
+            False,
+            None,
+            checks,
+            f"candidate {candidate} is not in every active cohort ({ruleset.show()})",
+            "Choose a member of every active cohort, or drop --candidate to let the gate choose",
         )
     if candidate not in counted:
-        return FailoverDecision(False, None, checks, f"candidate {candidate} was not surveyed")
+        return FailoverDecision(
+            False,
+            None,
+            checks,
+            f"candidate {candidate} was not surveyed",
+            f"Make {candidate}'s PostgreSQL reachable, or drop --candidate to let the gate choose",
+        )
     if counted[candidate] < top:
         return FailoverDecision(
             False,
@@ -138,5 +158,6 @@ def decide(
             checks,
             f"candidate {candidate} is at {format_lsn(counted[candidate])}, behind "
             f"{ahead} at {format_lsn(top)}: it may miss acknowledged writes",
+            f"{ahead} is ahead: drop --candidate, or choose {ahead.split()[0]}",
         )
     return FailoverDecision(True, candidate, checks, f"{candidate} holds the highest position {format_lsn(top)}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from plugin.errors import InvalidInputError, RefusedError
+from pgcohort.errors import InvalidInputError, RefusedError
 
 # PostgreSQL truncates application_name to NAMEDATALEN-1 = 63 bytes and matches
 # synchronous_standby_names entries case-insensitively; a narrower alphabet keeps names
@@ -108,6 +108,24 @@ class CrossZone:
 
 
 Policy = AnyK | CrossZone
+
+
+_MEMBER_SPEC = re.compile(r"(?P<name>[^@/]+)(?:@(?P<host>\[[^\]]+\]|[^/:\[]+)(?::(?P<port>\d+))?)?(?:/(?P<zone>.+))?")
+
+
+def parse_member(spec: str, *, host: str | None = None, port: int | None = None, zone: str | None = None) -> Member:
+    """``NAME[@HOST[:PORT]][/ZONE]``, with the keyword arguments filling in what the spec leaves out."""
+    m = _MEMBER_SPEC.fullmatch(spec)
+    if not m:
+        raise InvalidInputError(
+            f"invalid member {spec!r}: write NAME[@HOST[:PORT]][/ZONE], e.g. pg1@10.0.0.5:5432/zone-a"
+        )
+    return Member(
+        m["name"],
+        m["host"] or host or "127.0.0.1",
+        int(m["port"]) if m["port"] else (port or 5432),
+        m["zone"] or zone or "default",
+    )
 
 
 def parse_policy(text: str) -> Policy:

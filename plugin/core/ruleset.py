@@ -8,7 +8,7 @@ property test):
    member, one removed member, or the policy). A new change is refused while joint.
 2. A member counts only after its propose commits and stops counting only after finalize:
    in the joint phase both rules are active, and every failover must satisfy both
-   (see :mod:`plugin.core.failover`).
+   (see :mod:`pgcohort.core.failover`).
 3. Every commit increments ``version`` by one; every commit is a compare-and-swap on the
    revision it was based on (the store enforces this; the core only produces the values).
 4. Both active rules are enforceable by the current primary (it is in the cohort, and K is
@@ -23,8 +23,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from plugin.core.rules import AnyK, CrossZone, Member, Policy, Rule, check_member_name, parse_policy
-from plugin.errors import InvalidInputError, InvalidRecordError, RefusedError
+from pgcohort.core.rules import AnyK, CrossZone, Member, Policy, Rule, check_member_name, parse_policy
+from pgcohort.errors import InvalidInputError, InvalidRecordError, RefusedError
 
 Phase = Literal["stable", "joint"]
 

@@ -1,0 +1,220 @@
+"""The two seams of pgcohort, as Protocols, and the values that cross them.
+
+The sidecar, the gate and the protocol functions are written against these and nothing
+else, so they do not know which etcd client or which HA manager they drive (as Patroni's
+``ha.py`` knows only ``AbstractDCS``). :class:`pgcohort.store.EtcdStore` implements
+:class:`Store`; :class:`pgcohort.adapters.postgres.PostgresNode` implements :class:`Node`.
+Tests use fakes that implement the same Protocols, checked by mypy.
+
+Each method's docstring states its promise: what it compares, what it retries, and what
+may be indeterminate. Errors are the classes of :mod:`pgcohort.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import NewType, Protocol
+
+from pgcohort.core.node import NodeRecord
+from pgcohort.core.ruleset import Ruleset, Term
+from pgcohort.core.steps import Desired
+
+Revision = NewType("Revision", int)
+"""An etcd revision (a key's ``mod_revision`` or the store's header revision). It never repeats."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The committed ruleset as read, with the revision to compare against when changing it."""
+
+    ruleset: Ruleset
+    revision: Revision
+    """``mod_revision`` of the ruleset key: the CAS token."""
+
+
+@dataclass(frozen=True)
+class TermSnapshot:
+    """The committed term as read, with its ``mod_revision``."""
+
+    term: Term
+    revision: Revision
+
+
+@dataclass(frozen=True)
+class View:
+    """What a watcher observed at ``revision``: a ruleset, or the problem with the key."""
+
+    revision: Revision
+    ruleset: Ruleset | None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counters a metrics exporter reads (the store itself imports no metrics library)."""
+
+    requests: int
+    errors: int
+    rotations: int
+    watch_resyncs: int
+    watch_silences: int
+
+
+class Watch(Protocol):
+    def __iter__(self) -> Iterator[View]:
+        """Every committed ruleset in strictly increasing revision order; never the same twice.
+
+        Survives member death, compaction (resyncs to the current ruleset) and silence.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop iterating; unblocks a thread waiting in ``__iter__``."""
+        ...
+
+
+class Registration(Protocol):
+    def publish(self, record: NodeRecord) -> None:
+        """Write this node's leased record (renewing or re-granting the lease). Idempotent."""
+        ...
+
+    def withdraw(self) -> None:
+        """Delete this node's record."""
+        ...
+
+
+class Store(Protocol):
+    """The pgcohort keys of one cluster. Reads are linearizable; writes are compare-and-swap."""
+
+    root: str
+
+    def read(self) -> Snapshot:
+        """The committed ruleset. NotInitializedError if there is none; InvalidRecordError if it does not parse."""
+        ...
+
+    def read_both(self) -> tuple[Snapshot, TermSnapshot]:
+        """The ruleset and the term, read at one revision."""
+        ...
+
+    def init(self, ruleset: Ruleset, term: Term) -> Revision:
+        """Create ruleset version 1, its history entry and term 1 if none exist (RefusedError if they do)."""
+        ...
+
+    def commit(self, expected: Revision, ruleset: Ruleset, *, term_revision: Revision | None = None) -> Revision:
+        """CAS the ruleset from ``expected`` (and the term from ``term_revision``) and write history.
+
+        Retried unchanged while the answer is ambiguous; an earlier attempt that committed is
+        recognised by ``ruleset.writer``, also after it was superseded (reported as
+        :class:`pgcohort.errors.SupersededError`). ConflictError: someone else committed
+        first, nothing of ours was written. IndeterminateError: no definite answer in time.
+        """
+        ...
+
+    def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
+        """Record ``term`` iff neither the ruleset nor the term moved; same retry rules as commit."""
+        ...
+
+    def history(self) -> list[tuple[Revision, Ruleset]]:
+        """Every committed ruleset, oldest first."""
+        ...
+
+    def term_history(self) -> list[tuple[Revision, Term]]:
+        """Every committed term, oldest first."""
+        ...
+
+    def nodes(self) -> dict[str, NodeRecord]:
+        """The nodes' leased status records; a malformed one carries its problem."""
+        ...
+
+    def registration(self, name: str, ttl: int) -> Registration:
+        """This node's leased record, outliving a dead writer by at most ``ttl`` seconds."""
+        ...
+
+    def watch(self, since: Revision | None = None) -> Watch:
+        """The committed rulesets after ``since`` (or from the current one)."""
+        ...
+
+    def stats(self) -> StoreStats: ...
+
+
+@dataclass(frozen=True)
+class Replication:
+    """One standby as the primary sees it (pg_stat_replication)."""
+
+    name: str
+    state: str
+    sync_state: str
+    sync_priority: int
+    flush_lsn: int | None
+    lag_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a node's PostgreSQL reports about itself."""
+
+    primary: bool
+    lsn: int  # primary: current WAL flush position; standby: max(received, replayed)
+    setting: str
+    replication: tuple[Replication, ...]
+    receiving: bool  # standby: a WAL receiver is running
+
+
+class SettingWriter(Protocol):
+    def write(self, desired: Desired) -> None:
+        """Make ``desired`` the setting the primary enforces (does not wait for it to be in force)."""
+        ...
+
+
+class Node(Protocol):
+    """One member's database as the sidecar and the gate drive it, whatever the HA manager.
+
+    Implemented for plain PostgreSQL (:mod:`pgcohort.adapters.postgres`). Every method
+    raises :class:`pgcohort.errors.PostgresError` subclasses, never a driver's exception.
+    """
+
+    def observe(self) -> Observation:
+        """Role, position, the setting in effect, and (on a primary) its standbys."""
+        ...
+
+    def setting_lock(self) -> AbstractContextManager[SettingWriter]:
+        """Serialise writers of ``synchronous_standby_names`` beside this primary.
+
+        Lock holds are totally ordered, so a caller that reads the committed ruleset *inside*
+        the hold and writes what it renders can never regress the setting to an older
+        revision, even with two writers beside one primary.
+        """
+        ...
+
+    def wait_in_force(self, desired: Desired, *, timeout: float) -> None:
+        """Return once PostgreSQL enforces ``desired`` (NotInForceError after ``timeout``)."""
+        ...
+
+    def barrier(self, revision: int, *, timeout: float) -> int:
+        """A synchronous commit made after the latest write through :meth:`setting_lock`; returns its LSN.
+
+        A barrier belongs to one revision and one apply: one left pending for another revision,
+        or from before the latest write, is never returned. BarrierPendingError if not
+        acknowledged within ``timeout`` (the commit keeps waiting; the next call for the same
+        revision, with no write in between, waits for the same commit).
+        """
+        ...
+
+    def acknowledged(self, lsn: int) -> Mapping[str, int]:
+        """Standbys (by application_name) whose reported flush position is at or past ``lsn``."""
+        ...
+
+    def revoke(self, *, timeout: float = 10.0) -> int:
+        """Stop this standby receiving WAL from the old primary; return its final position.
+
+        NotStandbyError (carrying the position) if the server is not in recovery: a primary.
+        """
+        ...
+
+    def promote(self, *, timeout: int = 60) -> None:
+        """Promote and wait until it accepts writes."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,93 @@
+"""The etcd store of one cluster: :class:`EtcdStore` implements :class:`pgcohort.seams.Store`.
+
+Four units, as Patroni splits its etcd3 client from its DCS class:
+
+* :mod:`.transport` — requests, endpoint rotation, timeouts, auth, retries; the only importer of etcd3gw;
+* :mod:`.records`   — the ruleset and term: linearizable reads, CAS writes with their history;
+* :mod:`.registry`  — the nodes' leased status records;
+* :mod:`.watch`     — the ruleset watch loop.
+
+Keys live under ``<prefix>/<cluster>/`` (never under Patroni's ``/service/``):
+``ruleset``, ``term``, ``history/<version>``, ``history/term-<n>``, ``nodes/<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from pgcohort.core.node import NodeRecord
+from pgcohort.core.ruleset import Ruleset, Term
+from pgcohort.errors import InvalidInputError
+from pgcohort.seams import Revision, Snapshot, StoreStats, TermSnapshot, View
+from pgcohort.store.records import Records
+from pgcohort.store.registry import NodeRegistration, NodeRegistry
+from pgcohort.store.transport import Transport
+from pgcohort.store.watch import RulesetWatch
+
+__all__ = ["EtcdStore", "Revision", "Snapshot", "TermSnapshot", "View", "StoreStats"]
+
+
+class EtcdStore:
+    """The pgcohort keys of one cluster in etcd."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        cluster: str,
+        *,
+        prefix: str = "/pgcohort",
+        timeout: float = 3.0,
+        retry_for: float = 10.0,
+        user: str | None = None,
+        password: str | None = None,
+        observe: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        if not cluster or "/" in cluster:
+            raise InvalidInputError(f"invalid cluster name {cluster!r}: it must be non-empty and contain no '/'")
+        if prefix.startswith("/service/") or prefix == "/service":
+            raise InvalidInputError("the pgcohort prefix must not be under Patroni's /service/")
+        self.root = f"{prefix.rstrip('/')}/{cluster}/"
+        self.transport = Transport(
+            endpoints, timeout=timeout, retry_for=retry_for, user=user, password=password, observe=observe
+        )
+        self.records = Records(self.transport, self.root)
+        self.registry = NodeRegistry(self.transport, self.root)
+
+    # --- the ruleset and the term (pgcohort.store.records) ---------------------------------
+
+    def read(self) -> Snapshot:
+        return self.records.read()
+
+    def read_both(self) -> tuple[Snapshot, TermSnapshot]:
+        return self.records.read_both()
+
+    def init(self, ruleset: Ruleset, term: Term) -> Revision:
+        return self.records.init(ruleset, term)
+
+    def commit(self, expected: Revision, ruleset: Ruleset, *, term_revision: Revision | None = None) -> Revision:
+        return self.records.commit(expected, ruleset, term_revision=term_revision)
+
+    def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
+        return self.records.put_term(ruleset_revision, term_revision, term)
+
+    def history(self) -> list[tuple[Revision, Ruleset]]:
+        return self.records.history()
+
+    def term_history(self) -> list[tuple[Revision, Term]]:
+        return self.records.term_history()
+
+    # --- node records (pgcohort.store.registry) --------------------------------------------
+
+    def nodes(self) -> dict[str, NodeRecord]:
+        return self.registry.nodes()
+
+    def registration(self, name: str, ttl: int = 10) -> NodeRegistration:
+        return self.registry.registration(name, ttl)
+
+    # --- watching (pgcohort.store.watch) ---------------------------------------------------
+
+    def watch(self, since: Revision | None = None, *, silence: float = 10.0) -> RulesetWatch:
+        return RulesetWatch(self.transport, self.records, since, silence)
+
+    def stats(self) -> StoreStats:
+        return self.transport.stats()

@@ -1,0 +1,320 @@
+"""Talking to etcd: the only module that imports etcd3gw (and requests, its HTTP library).
+
+Promises (the measurements behind them are in ``docs/STORE.md``):
+
+* **Endpoints rotate.** One etcd3gw client per endpoint, explicit ``api_path='/v3/'``, a
+  timeout on every request, a shared session that ignores proxy/CA environment variables.
+  A request that could not be sent (connection refused) moves to the next endpoint.
+* **Reads are linearizable** (etcd's default range) and retried on the next endpoint
+  until ``retry_for`` runs out.
+* **Writes are sent unchanged until a definite answer.** A transaction whose answer was
+  lost may have committed: :meth:`Transport.txn` retries the *same* compare, and raises
+  :class:`IndeterminateError` only if no attempt got a definite answer in time. Callers
+  recognise their own earlier attempt by the writer id in the value.
+* **Token auth** renews an expired token once per request and retries it.
+* int64 values arrive from the gateway as strings; they become :data:`Revision` here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
+
+from pgcohort.errors import AccessDeniedError, IndeterminateError, InvalidInputError, StoreUnavailableError
+from pgcohort.seams import Revision, StoreStats
+
+# etcd's gRPC codes as the gateway reports them.
+_GRPC_PERMISSION_DENIED = 7
+_GRPC_UNAVAILABLE = 14
+_GRPC_UNAUTHENTICATED = 16
+
+
+def b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def unb64(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def prefix_end(prefix: str) -> str:
+    """The ``range_end`` that covers every key starting with ``prefix`` (ASCII keys only)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def put(key: str, value: bytes) -> dict[str, Any]:
+    """A put operation for a transaction's success or failure branch."""
+    return {"request_put": {"key": b64(key), "value": b64(value)}}
+
+
+def get(key: str) -> dict[str, Any]:
+    """A range operation (one key) for a transaction branch."""
+    return {"request_range": {"key": b64(key)}}
+
+
+def mod_equals(key: str, revision: int) -> dict[str, Any]:
+    """Compare: the key's ``mod_revision`` is ``revision`` (0: the key does not exist)."""
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}
+
+
+def absent(key: str) -> dict[str, Any]:
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+
+
+def branch_kvs(resp: Any, index: int) -> list[dict[str, Any]]:
+    """The kvs a transaction's ``index``-th range operation returned."""
+    responses = resp.get("responses", [])
+    if len(responses) <= index:
+        return []
+    return list(responses[index].get("response_range", {}).get("kvs", []))
+
+
+def short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+class NotSent(Exception):
+    """The request never reached etcd (connection refused): safe to send elsewhere."""
+
+
+class Unanswered(Exception):
+    """The request may have reached etcd but got no definite answer (timeout, 503)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @staticmethod
+    def parse(text: str) -> Endpoint:
+        url = urlsplit(text if "://" in text else "http://" + text)
+        if url.scheme not in ("http", "https") or not url.hostname or not url.port:
+            raise InvalidInputError(f"invalid etcd endpoint {text!r}: write http://HOST:PORT")
+        return Endpoint(url.scheme, url.hostname, url.port)
+
+
+class Transport:
+    """Requests to an etcd cluster through its JSON gateway, with rotation, retries and auth."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 3.0,
+        retry_for: float = 10.0,
+        user: str | None = None,
+        password: str | None = None,
+        observe: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        if not endpoints:
+            raise InvalidInputError("no etcd endpoints given: set --etcd or PGCOHORT_ETCD_ENDPOINTS")
+        self.endpoints = [Endpoint.parse(e) for e in endpoints]
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self._user, self._password = user, password
+        self._observe = observe
+        self._lock = threading.Lock()
+        self._current = 0
+        self._stats = {"requests": 0, "errors": 0, "rotations": 0, "watch_resyncs": 0, "watch_silences": 0}
+        self.session = requests.Session()
+        self.session.trust_env = False  # REQUESTS_CA_BUNDLE / proxies must not redirect etcd traffic
+        self._clients = [
+            Etcd3Client(
+                host=e.host, port=e.port, protocol=e.scheme, timeout=timeout, api_path="/v3/", session=self.session
+            )
+            for e in self.endpoints
+        ]
+        if user is not None:
+            self._authenticate()
+
+    # --- endpoints and counters -------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return StoreStats(**self._stats)
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self._stats[key] += 1
+
+    def current(self) -> int:
+        with self._lock:
+            return self._current
+
+    def failed(self, index: int) -> None:
+        """Endpoint ``index`` failed: move to the next one (unless another thread already did)."""
+        with self._lock:
+            if self._current == index:
+                self._current = (index + 1) % len(self._clients)
+                self._stats["rotations"] += 1
+
+    def url(self, index: int | None = None) -> str:
+        return self.endpoints[self.current() if index is None else index].url
+
+    def all_urls(self) -> str:
+        return ", ".join(e.url for e in self.endpoints)
+
+    def api_url(self, index: int, path: str) -> str:
+        return str(self._clients[index].get_url(path))
+
+    def headers(self) -> dict[str, str]:
+        """Headers a separate session (the watch's) must send: the auth token, if any."""
+        return dict(self.session.headers)  # type: ignore[arg-type]
+
+    # --- requests ---------------------------------------------------------------------
+
+    def _authenticate(self) -> None:
+        resp = self._send_once("auth/authenticate", {"name": self._user, "password": self._password})
+        self.session.headers["Authorization"] = resp["token"]
+
+    def _send_once(self, path: str, body: dict[str, Any]) -> Any:
+        """One request to the current endpoint, classified into our error tree (the one translation point)."""
+        with self._lock:
+            index = self._current
+            self._stats["requests"] += 1
+        client = self._clients[index]
+        started = time.monotonic()
+        ok = False
+        try:
+            resp = client.post(client.get_url(path), json=body)
+            ok = True
+            return resp
+        except ConnectionFailedError as e:
+            self.count("errors")
+            self.failed(index)
+            text = str(e.detail_text or "")
+            if "NewConnectionError" in text or "Connection refused" in text:
+                raise NotSent(f"{self.url(index)}: connection refused") from None
+            raise Unanswered(f"{self.url(index)}: {short(text)}") from None
+        except ConnectionTimeoutError as e:
+            self.count("errors")
+            self.failed(index)
+            raise Unanswered(f"{self.url(index)}: timed out ({short(str(e.detail_text))})") from None
+        except Etcd3Exception as e:
+            self.count("errors")
+            code = grpc_code(e.detail_text)
+            if code == _GRPC_UNAUTHENTICATED and self._user is not None and path != "auth/authenticate":
+                self._authenticate()
+                raise NotSent("auth token expired; re-authenticated") from None
+            if code == _GRPC_UNAVAILABLE:
+                self.failed(index)
+                raise Unanswered(f"{self.url(index)}: {short(str(e.detail_text))}") from None
+            message = etcd_message(e.detail_text)
+            if code in (_GRPC_PERMISSION_DENIED, _GRPC_UNAUTHENTICATED) or any(
+                w in message for w in ("user name", "authentication", "permission denied", "auth token")
+            ):
+                raise AccessDeniedError(
+                    f"etcd at {self.url(index)} denied {path}: {message}. Nothing was changed. Check etcd.user "
+                    "and etcd.password (PGCOHORT_ETCD_USER, PGCOHORT_ETCD_PASSWORD) and that the role may use "
+                    "this cluster's prefix"
+                ) from None
+            raise StoreUnavailableError(f"etcd at {self.url(index)} refused {path}: {message}") from None
+        finally:
+            if self._observe is not None:
+                self._observe(path, time.monotonic() - started, ok)
+
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self.retry_for),
+            wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
+            retry=tenacity.retry_if_exception_type((NotSent, Unanswered)),
+            reraise=True,
+        )
+
+    def request(self, path: str, body: dict[str, Any]) -> Any:
+        """A read, or a write that is safe to repeat (a leased put, a delete): retried on any failure."""
+        try:
+            return self._retrying()(self._send_once, path, body)
+        except (NotSent, Unanswered) as e:
+            raise StoreUnavailableError(
+                f"no etcd endpoint answered within {self.retry_for:g}s (last: {e}); nothing was "
+                f"changed. Check the etcd cluster ({self.all_urls()})"
+            ) from None
+
+    def range(
+        self, key: str, *, prefix: bool = False, serializable: bool = False
+    ) -> tuple[list[dict[str, Any]], Revision]:
+        body: dict[str, Any] = {"key": b64(key)}
+        if prefix:
+            body["range_end"] = b64(prefix_end(key))
+        if serializable:
+            body["serializable"] = True
+        resp = self.request("kv/range", body)
+        return list(resp.get("kvs", [])), Revision(int(resp["header"]["revision"]))
+
+    def txn(
+        self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]]
+    ) -> tuple[bool, Any]:
+        """A write transaction, retried *unchanged* until a definite answer or ``retry_for``.
+
+        Retrying the same compare is safe: if an earlier attempt committed, the compare now
+        fails and the caller recognises its own writer id in what the failure branch read.
+        """
+        body = {"compare": compare, "success": success, "failure": failure}
+        ambiguous: str | None = None
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    try:
+                        resp = self._send_once("kv/txn", body)
+                    except Unanswered as e:
+                        ambiguous = str(e)
+                        raise
+        except NotSent as e:
+            if ambiguous is None:
+                raise StoreUnavailableError(
+                    f"no etcd endpoint accepted the write within {self.retry_for:g}s ({e}); it was not "
+                    "sent, nothing was changed"
+                ) from None
+            raise IndeterminateError(
+                f"a write was sent but not confirmed ({ambiguous}) and etcd stayed unreachable; it "
+                "may still commit. Re-read (`pgcohort status`) before trying again"
+            ) from None
+        except Unanswered as e:
+            raise IndeterminateError(
+                f"a write was sent but not confirmed within {self.retry_for:g}s ({e}); it may still "
+                "commit. Re-read (`pgcohort status`) before trying again"
+            ) from None
+        return bool(resp.get("succeeded", False)), resp
+
+
+def grpc_code(detail: str | None) -> int | None:
+    try:
+        body = json.loads(detail or "")
+        return int(body.get("code", body.get("error", {}).get("grpc_code")))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def etcd_message(detail: str | None) -> str:
+    try:
+        return str(json.loads(detail or "")["message"])
+    except (ValueError, TypeError, KeyError):
+        return short(str(detail))
+
+
+def writer_of(kv: dict[str, Any]) -> str | None:
+    """The writer id stored in a value, if it is a JSON object that has one."""
+    try:
+        value = json.loads(unb64(kv.get("value", "")))
+        return value.get("writer") if isinstance(value, dict) else None
+    except ValueError:
+        return None

@@ -1,0 +1,123 @@
+"""One named weakening per safety rule of docs/PROTOCOL.md, and the real-server tests that claim to catch it.
+
+Each patch is an exact search-and-replace in a scratch copy of ``plugin/`` or ``adapters/``.
+A patch whose ``old`` text is not found fails the run (a refactor must carry its patches
+along, never silently drop them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    rule: str  # the safety rule of docs/PROTOCOL.md it breaks
+    path: str  # in the checkout
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids, run against real servers
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "apply-before-commit",
+        "a new member counts only after its propose commits",
+        "plugin/sidecar.py",
+        "            done = protocol.propose(self.store, core.AddMember(member), actor=self.settings.name)",
+        "            with self.node.setting_lock() as w:  # MUTATION: enforce the candidate before the commit\n"
+        "                snap, term = self.store.read_both()\n"
+        "                w.write(steps.desired(core.propose(snap.ruleset, core.AddMember(member), term.term.primary,"
+        " changed_by='', now=''), snap.revision, term.term.primary, self.settings.name))\n"
+        "            time.sleep(1.5)\n"
+        "            done = protocol.propose(self.store, core.AddMember(member), actor=self.settings.name)",
+        ("tests/test_sidecar.py::test_auto_admit_brings_a_caught_up_standby_in",),
+    ),
+    Mutation(
+        "finalize-without-barrier",
+        "finalize only after a barrier taken after this revision's apply",
+        "plugin/core/steps.py",
+        "        if local.barrier != revision:\n            return Barrier(target)",
+        "        if False:  # MUTATION\n            return Barrier(target)",
+        ("tests/test_sidecar.py::test_add_is_enforced_only_after_commit_and_finalized_after_barrier",),
+    ),
+    Mutation(
+        "barrier-reuse",
+        "a barrier belongs to one revision and one apply",
+        "adapters/postgres.py",
+        '        if b is None or (b.revision, b.epoch) != (revision, self._epoch) or "error" in b.result:',
+        '        if b is None or "error" in b.result:  # MUTATION: reuse whatever barrier is there',
+        ("tests/test_postgres.py::test_a_barrier_is_never_reused_across_revisions",),
+    ),
+    Mutation(
+        "barrier-not-proven",
+        "finalize only once K members of the new electorate flushed the barrier",
+        "plugin/sidecar.py",
+        "        while not steps.barrier_proven(target, acked := self.node.acknowledged(lsn)):",
+        "        while not (True or steps.barrier_proven(target, acked := self.node.acknowledged(lsn))):  # MUTATION\n"
+        "            acked = {}",
+        ("tests/test_apply.py::test_a_k_only_change_is_finalized_only_when_k_standbys_hold_the_barrier",),
+    ),
+    Mutation(
+        "no-lock",
+        "writes of the setting are serialised, rendered from a read inside the lock",
+        "adapters/postgres.py",
+        '                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))',
+        '                conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))  # MUTATION: no waiting',
+        ("tests/test_apply.py::test_two_writers_never_regress_the_setting",),
+    ),
+    Mutation(
+        "read-before-lock",
+        "writes of the setting are serialised, rendered from a read inside the lock",
+        "plugin/sidecar.py",
+        "        with self.node.setting_lock() as writer:\n            snap, term = self.store.read_both()\n",
+        "        snap, term = self.store.read_both()  # MUTATION: read before the lock\n"
+        "        with self.node.setting_lock() as writer:\n",
+        ("tests/test_apply.py::test_two_writers_never_regress_the_setting",),
+    ),
+    Mutation(
+        "term-without-compares",
+        "a term is recorded only if neither the ruleset nor the term moved since the survey",
+        "plugin/store/records.py",
+        "        compare = [mod_equals(self.ruleset_key, ruleset_revision), mod_equals(self.term_key, term_revision)]",
+        "        compare = []  # MUTATION",
+        (
+            "tests/test_race.py::test_seed_race_gated_keeps_the_acknowledged_write",
+            "tests/test_race.py::test_two_orchestrators_at_once_exactly_one_promotes",
+        ),
+    ),
+    Mutation(
+        "short-survey",
+        "a failover surveys |E| - K + 1 members of every active rule's electorate",
+        "plugin/core/failover.py",
+        "    return electorate - acks + 1",
+        "    return electorate - acks  # MUTATION",
+        ("tests/test_faults.py::test_the_suite_sees_a_loss_on_the_naive_path",),
+    ),
+    Mutation(
+        "joint-checks-one-rule",
+        "in the joint phase a failover satisfies both rules",
+        "plugin/core/failover.py",
+        "    for rule in ruleset.active_rules():\n        e = tuple(m.name for m in rule.electorate(old_primary))",
+        "    for rule in ruleset.active_rules()[:1]:  # MUTATION: the new rule only\n"
+        "        e = tuple(m.name for m in rule.electorate(old_primary))",
+        ("tests/test_race.py::test_removal_race_with_the_leaving_member_down_is_refused_under_the_old_rule",),
+    ),
+    Mutation(
+        "any-reachable-candidate",
+        "the candidate holds the highest surveyed position",
+        "plugin/core/failover.py",
+        "        best = [n for n in eligible if counted[n] == top]",
+        "        best = eligible  # MUTATION: any reachable eligible member",
+        ("tests/test_race.py::test_seed_race_gated_keeps_the_acknowledged_write",),
+    ),
+    Mutation(
+        "second-primary-surveyed",
+        "a member that is not in recovery is never surveyed as a standby",
+        "plugin/gate.py",
+        "        if found.primaries:",
+        "        if False:  # MUTATION",
+        ("tests/test_apply.py::test_the_gate_refuses_when_a_surveyed_member_is_a_primary",),
+    ),
+)

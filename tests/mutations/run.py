@@ -1,0 +1,83 @@
+"""Apply each weakening of tests/mutations/catalog.py to a scratch copy and show a test catches it.
+
+For each mutation: copy the checkout's ``plugin/`` and ``adapters/`` to a scratch tree laid
+out as the ``pgcohort`` package, apply the patch, and run the tests it names with that
+tree first on ``PYTHONPATH`` (so the test process, and every sidecar it spawns, imports the
+weakened code; the sidecars' ``pgcohort`` command is started through the same interpreter).
+The run fails unless every mutation is caught. It prints a table: mutation, test, seconds.
+
+    python -m tests.mutations.run [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests.mutations.catalog import MUTATIONS, Mutation
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+
+
+def scratch_copy(where: pathlib.Path, mutation: Mutation) -> pathlib.Path:
+    """A ``pgcohort`` package made of plugin/ and adapters/, with ``mutation`` applied."""
+    package = where / "pgcohort"
+    shutil.copytree(ROOT / "plugin", package, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "adapters"))
+    shutil.copytree(ROOT / "adapters", package / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
+    rel = pathlib.Path(mutation.path)
+    target = package / rel.relative_to("plugin") if rel.parts[0] == "plugin" else package / "adapters" / rel.name
+    text = target.read_text()
+    if text.count(mutation.old) != 1:
+        raise SystemExit(f"mutation {mutation.name}: its target text is not found once in {mutation.path}; update it")
+    target.write_text(text.replace(mutation.old, mutation.new))
+    return where
+
+
+def run_one(mutation: Mutation) -> tuple[bool, str, float]:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"pgcohort-mutation-{mutation.name}-") as tmp:
+        site = scratch_copy(pathlib.Path(tmp), mutation)
+        os.chmod(tmp, 0o755)  # sidecars and hooks may run as other users
+        env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "PGCOHORT_MUTATION": mutation.name}
+        for test in mutation.tests:
+            out = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", test],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode == 1:  # a test failed: caught
+                return True, test, time.monotonic() - started
+            if out.returncode != 0:
+                print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
+                raise SystemExit(f"mutation {mutation.name}: {test} could not run (pytest exit {out.returncode})")
+    return False, "", time.monotonic() - started
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="run only these mutations")
+    args = ap.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    rows, escaped = [], []
+    for m in chosen:
+        caught, test, seconds = run_one(m)
+        rows.append((m.name, test if caught else "NOT CAUGHT", f"{seconds:.0f}"))
+        print(f"  {m.name:<26} {rows[-1][1]:<100} {rows[-1][2]:>4}s", flush=True)
+        if not caught:
+            escaped.append(m)
+    print(f"mutations: {len(chosen)}, caught: {len(chosen) - len(escaped)}, escaped: {len(escaped)}")
+    for m in escaped:
+        print(f"  ESCAPED {m.name}: breaks '{m.rule}', yet {', '.join(m.tests)} passed")
+    return 1 if escaped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
