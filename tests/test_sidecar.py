@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -57,8 +58,8 @@ class Timeline:
     def first(self, setting: str) -> float:
         return next(t for t, v in self.settings if v == setting)
 
-    def committed(self, predicate: object) -> tuple[float, int, core.Ruleset]:
-        return next(r for r in self.rulesets if predicate(r[2]))  # type: ignore[operator]
+    def committed(self, predicate: Callable[[core.Ruleset], bool]) -> tuple[float, int, core.Ruleset]:
+        return next(r for r in self.rulesets if predicate(r[2]))
 
     def close(self) -> None:
         self.stop.set()
@@ -223,14 +224,22 @@ def test_auto_admit_brings_a_caught_up_standby_in(stack: Stack) -> None:
     st = stack
     st.sidecars["pg0"].kill()
     st.start_sidecar("pg0", PGCOHORT_SIDECAR_AUTO_ADMIT="true", PGCOHORT_SIDECAR_ADMIT_STABLE_FOR="1")
-    st.pg.add_standby("pg4", "pg0")  # scaling 3 -> 4 replicas
-    st.start_sidecar("pg4")
-    st.wait(
-        "pg4 admitted and finalized",
-        lambda: (rs := st.store().read().ruleset).phase == "stable" and rs.rule.member("pg4") is not None,
-        timeout=30,
-    )
-    assert st.primary_setting() == "ANY 1 (pg1, pg2, pg3, pg4)"
+    tl = Timeline(st)
+    try:
+        st.pg.add_standby("pg4", "pg0")  # scaling 3 -> 4 replicas
+        st.start_sidecar("pg4")
+        st.wait(
+            "pg4 admitted and finalized",
+            lambda: (rs := st.store().read().ruleset).phase == "stable" and rs.rule.member("pg4") is not None,
+            timeout=30,
+        )
+        wide = "ANY 1 (pg1, pg2, pg3, pg4)"
+        assert st.primary_setting() == wide
+        admitted_at, _, _ = tl.committed(lambda rs: rs.rule.member("pg4") is not None)
+        # admitted_at is when a watcher saw the commit, a few ms after it; 0.5 s absorbs that.
+        assert tl.first(wide) > admitted_at - 0.5, "the setting counted pg4 before its admission was committed"
+    finally:
+        tl.close()
     reasons = [rs.reason for _, rs in st.store().history()]
     assert "add pg4" in reasons and reasons[-1] == "finalize add pg4"
 

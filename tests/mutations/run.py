@@ -1,9 +1,10 @@
 """Apply each weakening of tests/mutations/catalog.py to a scratch copy and show a test catches it.
 
-For each mutation: copy the checkout's ``plugin/`` and ``adapters/`` to a scratch tree laid
-out as the ``pgcohort`` package, apply the patch, and run the tests it names with that
-tree first on ``PYTHONPATH`` (so the test process, and every sidecar it spawns, imports the
-weakened code; the sidecars' ``pgcohort`` command is started through the same interpreter).
+For each mutation: make a scratch checkout (``plugin/`` and ``adapters/`` laid out as a real
+``pgcohort`` package, plus ``tests/``, ``dashboards/`` and ``pyproject.toml``), apply the
+patch, and run the tests it names from that checkout with it first on ``PYTHONPATH``, so
+the test process and every sidecar it spawns (the venv's ``pgcohort`` command) import the
+weakened code, never the real checkout.
 The run fails unless every mutation is caught. It prints a table: mutation, test, seconds.
 
     python -m tests.mutations.run [--only NAME ...]
@@ -30,6 +31,9 @@ def scratch_copy(where: pathlib.Path, mutation: Mutation) -> pathlib.Path:
     package = where / "pgcohort"
     shutil.copytree(ROOT / "plugin", package, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "adapters"))
     shutil.copytree(ROOT / "adapters", package / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
+    for extra in ("tests", "dashboards"):
+        shutil.copytree(ROOT / extra, where / extra, ignore=shutil.ignore_patterns("__pycache__", "mutations"))
+    shutil.copy2(ROOT / "pyproject.toml", where)
     rel = pathlib.Path(mutation.path)
     target = package / rel.relative_to("plugin") if rel.parts[0] == "plugin" else package / "adapters" / rel.name
     text = target.read_text()
@@ -39,26 +43,37 @@ def scratch_copy(where: pathlib.Path, mutation: Mutation) -> pathlib.Path:
     return where
 
 
-def run_one(mutation: Mutation) -> tuple[bool, str, float]:
+def run_one(mutation: Mutation) -> tuple[bool, str, str, float]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"pgcohort-mutation-{mutation.name}-") as tmp:
         site = scratch_copy(pathlib.Path(tmp), mutation)
         os.chmod(tmp, 0o755)  # sidecars and hooks may run as other users
-        env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "PGCOHORT_MUTATION": mutation.name}
+        env = {**os.environ, "PYTHONPATH": str(site), "PGCOHORT_MUTATION": mutation.name}
+        where = subprocess.run(
+            [sys.executable, "-c", "import pgcohort.adapters.postgres as p; print(p.__file__)"],
+            cwd=site,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        if not where.startswith(str(site)):
+            raise SystemExit(f"mutation {mutation.name}: the scratch copy is not what gets imported ({where})")
         for test in mutation.tests:
             out = subprocess.run(
                 [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", test],
-                cwd=ROOT,
+                cwd=site,
                 env=env,
                 capture_output=True,
                 text=True,
             )
             if out.returncode == 1:  # a test failed: caught
-                return True, test, time.monotonic() - started
+                why = next((line[1:].strip() for line in out.stdout.splitlines() if line.startswith("E ")), "")
+                return True, test, why[:110], time.monotonic() - started
             if out.returncode != 0:
                 print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
                 raise SystemExit(f"mutation {mutation.name}: {test} could not run (pytest exit {out.returncode})")
-    return False, "", time.monotonic() - started
+    return False, "", "", time.monotonic() - started
 
 
 def main() -> int:
@@ -68,9 +83,11 @@ def main() -> int:
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     rows, escaped = [], []
     for m in chosen:
-        caught, test, seconds = run_one(m)
+        caught, test, why, seconds = run_one(m)
         rows.append((m.name, test if caught else "NOT CAUGHT", f"{seconds:.0f}"))
         print(f"  {m.name:<26} {rows[-1][1]:<100} {rows[-1][2]:>4}s", flush=True)
+        if why:
+            print(f"  {'':<26}   {why}", flush=True)
         if not caught:
             escaped.append(m)
     print(f"mutations: {len(chosen)}, caught: {len(chosen) - len(escaped)}, escaped: {len(escaped)}")
