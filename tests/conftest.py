@@ -4,6 +4,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -90,10 +91,10 @@ def cluster_name() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
-def make_store(etcd: EtcdCluster, cluster: str, **kw: object) -> EtcdStore:
+def make_store(etcd: EtcdCluster, cluster: str, **kw: Any) -> EtcdStore:
     kw.setdefault("timeout", 2.0)
     kw.setdefault("retry_for", 15.0)
-    return EtcdStore(etcd.endpoints, cluster, **kw)  # type: ignore[arg-type]
+    return EtcdStore(etcd.endpoints, cluster, **kw)
 
 
 @pytest.fixture

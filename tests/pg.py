@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.servers import free_ports
 
@@ -27,9 +28,9 @@ def _pg_ids() -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
-def as_postgres(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+def as_postgres(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     try:
-        done: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+        done: subprocess.CompletedProcess[str] = subprocess.run(
             args,
             user="postgres",
             group="postgres",

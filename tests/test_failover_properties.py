@@ -155,3 +155,12 @@ def test_joint_phase_requires_both_rules() -> None:
     d = failover.decide(rs, "m0", {"m1": 5, "m3": 7})
     assert not d.allowed
     assert "reach 1 more" in d.reason and "any 1 of (m0 m1 m2)" in d.reason
+
+
+def test_each_refusal_names_its_cause_and_the_safe_next_step() -> None:
+    rs = core.initial(Rule(AnyK(1), tuple(Member(n) for n in "abcd")), "a", changed_by="", now="")
+    behind = failover.decide(rs, "a", {"b": 10, "c": 10, "d": 20}, candidate="b")
+    assert not behind.allowed and "behind d" in behind.reason
+    assert behind.remedy == "d is ahead: drop --candidate, or choose d"  # never "--allow-data-loss" here
+    short = failover.decide(rs, "a", {"b": 10, "c": 10})
+    assert "reach 1 more" in short.reason and "--allow-data-loss" in short.remedy

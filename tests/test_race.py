@@ -18,6 +18,7 @@ from pgcohort import gate, protocol
 from pgcohort.adapters.postgres import PostgresNode
 from pgcohort.core import ruleset as core
 from pgcohort.errors import ConflictError, RefusedError
+from pgcohort.seams import Snapshot, TermSnapshot
 from tests.conftest import need_servers
 from tests.race import StaleOnce, acked_write, connect, create_ledger, ledger_ids, naive_failover
 from tests.stack import Stack
@@ -55,7 +56,7 @@ def revoke(st: Stack, *names: str) -> None:
         node.close()
 
 
-def seed_scenario(st: Stack) -> tuple[core.Ruleset, tuple]:  # type: ignore[type-arg]
+def seed_scenario(st: Stack) -> tuple[core.Ruleset, tuple[Snapshot, TermSnapshot]]:
     """Up to the crash: returns the stale view orchestrator B read before the admission."""
     st.start(standbys=2)  # pg0 primary; pg1, pg2 standbys; any 1 of (pg0 pg1 pg2)
     st.wait("the initial setting", lambda: st.primary_setting() == "ANY 1 (pg1, pg2)")

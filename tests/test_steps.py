@@ -16,9 +16,15 @@ WIDE = "ANY 1 (pg1, pg2, pg3)"
 TARGET = steps.Desired(7, WIDE, frozenset({"pg1", "pg2", "pg3"}), 1)
 
 
-def local(**kw: object) -> steps.Local:
-    base: dict[str, object] = {"name": "pg0", "primary": True, "setting": "", "verified": None, "barrier": None}
-    return steps.Local(**(base | kw))  # type: ignore[arg-type]
+def local(
+    *,
+    name: str = "pg0",
+    primary: bool | None = True,
+    setting: str | None = "",
+    verified: str | None = None,
+    barrier: int | None = None,
+) -> steps.Local:
+    return steps.Local(name, primary, setting, verified, barrier)
 
 
 def test_order_beside_the_primary() -> None:
