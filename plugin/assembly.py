@@ -3,6 +3,8 @@
 The sidecar and the gate are written against :mod:`pgcohort.seams`; this module decides
 that the store is etcd (:class:`pgcohort.store.EtcdStore`) and the node is plain
 PostgreSQL (:mod:`pgcohort.adapters.postgres`). A second adapter is chosen here too.
+The adapter, the metrics and the sidecar are imported only by the functions that build
+them, so that ``pgcohort status`` or ``add`` does not load psycopg or prometheus_client.
 """
 
 from __future__ import annotations
@@ -10,15 +12,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgcohort.adapters import postgres
 from pgcohort.config import Config
 from pgcohort.core.rules import Member
-from pgcohort.metrics import Metrics
 from pgcohort.seams import Node
-from pgcohort.sidecar import Settings, Sidecar
 from pgcohort.store import EtcdStore
+
+if TYPE_CHECKING:
+    from pgcohort.sidecar import Sidecar
 
 
 def actor() -> str:
@@ -41,10 +43,16 @@ def store(cfg: Config, **kw: Any) -> EtcdStore:
 
 def connector(cfg: Config) -> Callable[[Member], Node]:
     """How the gate reaches any member (host and port from the ruleset, options from the config)."""
+    from pgcohort.adapters import postgres
+
     return postgres.connector(cfg["postgres.member_options"])
 
 
 def sidecar(cfg: Config) -> Sidecar:
+    from pgcohort.adapters import postgres
+    from pgcohort.metrics import Metrics
+    from pgcohort.sidecar import Settings, Sidecar
+
     metrics = Metrics(cfg["node.name"])
     settings = Settings(
         name=cfg["node.name"],

@@ -295,9 +295,9 @@ class Sidecar:
         )
 
     def _publish(self, obs: Observation | None) -> None:
-        rec = self.record(obs)
+        rec = self.record(obs)  # unstamped: equal records mean an unchanged status
         now = time.monotonic()
-        if self._published and rec.same_status(self._published[0]) and now - self._published[1] < self.settings.ttl / 3:
+        if self._published and rec == self._published[0] and now - self._published[1] < self.settings.ttl / 3:
             return
         self.registration.publish(replace(rec, at=protocol.now()))
         self._published = (rec, now)

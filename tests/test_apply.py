@@ -75,8 +75,8 @@ class StaleWalSenders(DelegatingNode):
         return self.node.barrier(revision, timeout=timeout)
 
 
-def sidecar(store: Store, node: Node, **kw: float) -> Sidecar:
-    settings = Settings("pg0", "z", "127.0.0.1", 5432, barrier_timeout=kw.get("barrier_timeout", 5.0))
+def sidecar(store: Store, node: Node, *, barrier_timeout: float = 5.0) -> Sidecar:
+    settings = Settings("pg0", "z", "127.0.0.1", 5432, barrier_timeout=barrier_timeout)
     return Sidecar(settings, store, node, Metrics("pg0"))
 
 

@@ -54,16 +54,6 @@ class NodeRecord:
         except PgcohortError:
             return None
 
-    def same_status(self, other: NodeRecord | None) -> bool:
-        """Equal but for the timestamp (a sidecar republishes only when the status changed)."""
-        return other is not None and _body(self) == _body(other)
-
-
-def _body(r: NodeRecord) -> dict[str, Any]:
-    d = to_record(r)
-    d.pop("at")
-    return d
-
 
 def to_record(r: NodeRecord) -> dict[str, Any]:
     d: dict[str, Any] = {

@@ -10,6 +10,7 @@ attempt of ours is recognised by its writer id even after someone else supersede
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pgcohort.core.ruleset import Ruleset, Term, decode, decode_term, encode, encode_term
@@ -92,8 +93,24 @@ class Records:
 
     # --- writes ---------------------------------------------------------------------------
 
+    def _cas(
+        self, compare: list[dict[str, Any]], success: list[dict[str, Any]], key: str, history_key: str, writer: str
+    ) -> Revision | _Lost:
+        """Send one CAS; its revision if it (or an earlier, unconfirmed attempt of ours) is the current value.
+
+        Otherwise, what the failure branch read in the same round trip: the key's value now,
+        and this write's own history entry if an attempt of ours committed and was superseded.
+        """
+        _need_writer(writer)
+        ok, resp = self.transport.txn(compare, success, [get(key), get(history_key)])
+        if ok:
+            return Revision(int(resp["header"]["revision"]))
+        now, ours = branch_kvs(resp, 0), branch_kvs(resp, 1)
+        if now and writer_of(now[0]) == writer:
+            return Revision(int(now[0]["mod_revision"]))
+        return _Lost(now[0] if now else None, ours[0] if ours and writer_of(ours[0]) == writer else None)
+
     def init(self, ruleset: Ruleset, term: Term) -> Revision:
-        _need_writer(ruleset.writer)
         success = [
             put(self.ruleset_key, encode(ruleset)),
             put(self.history_key(ruleset.version), encode(ruleset)),
@@ -101,39 +118,35 @@ class Records:
             put(self.term_history_key(term.term), encode_term(term)),
         ]
         compare = [absent(self.ruleset_key), absent(self.term_key)]
-        ok, resp = self.transport.txn(compare, success, [get(self.history_key(ruleset.version))])
-        if ok:
-            return Revision(int(resp["header"]["revision"]))
-        ours = branch_kvs(resp, 0)
-        if ours and writer_of(ours[0]) == ruleset.writer:
-            return Revision(int(ours[0]["mod_revision"]))  # an earlier, unconfirmed attempt of ours
+        done = self._cas(compare, success, self.ruleset_key, self.history_key(ruleset.version), ruleset.writer)
+        if not isinstance(done, _Lost):
+            return done
+        if done.ours is not None:
+            return Revision(int(done.ours["mod_revision"]))  # ours, since changed by others: initialized
         raise RefusedError(
             f"refused init: cluster {self.root} is already initialized; nothing was changed. "
             "Use `pgcohort status` to see it"
         )
 
     def commit(self, expected: Revision, ruleset: Ruleset, *, term_revision: Revision | None = None) -> Revision:
-        _need_writer(ruleset.writer)
         compare = [mod_equals(self.ruleset_key, expected)]
         if term_revision is not None:
             compare.append(mod_equals(self.term_key, term_revision))
-        success = [put(self.ruleset_key, encode(ruleset)), put(self.history_key(ruleset.version), encode(ruleset))]
-        failure = [get(self.ruleset_key), get(self.history_key(ruleset.version))]
-        ok, resp = self.transport.txn(compare, success, failure)
-        if ok:
-            return Revision(int(resp["header"]["revision"]))
-        now, ours = branch_kvs(resp, 0), branch_kvs(resp, 1)
-        if not now:
+        history = self.history_key(ruleset.version)
+        success = [put(self.ruleset_key, encode(ruleset)), put(history, encode(ruleset))]
+        done = self._cas(compare, success, self.ruleset_key, history, ruleset.writer)
+        if not isinstance(done, _Lost):
+            return done
+        if done.current is None:
             raise NotInitializedError(f"no ruleset at {self.ruleset_key}: it was deleted; run `pgcohort init`")
-        current = Revision(int(now[0]["mod_revision"]))
-        if writer_of(now[0]) == ruleset.writer:
-            return current  # an earlier, unconfirmed attempt of ours committed
-        if ours and writer_of(ours[0]) == ruleset.writer:
-            latest = self.snapshot(now[0]).ruleset
+        current = Revision(int(done.current["mod_revision"]))
+        if done.ours is not None:
+            latest = self.snapshot(done.current).ruleset
             raise SupersededError(
-                f"version {ruleset.version} ({ruleset.reason}) was committed at revision {ours[0]['mod_revision']}, "
-                f"then superseded by version {latest.version} ({latest.reason}, by {latest.changed_by})",
-                committed_revision=int(ours[0]["mod_revision"]),
+                f"version {ruleset.version} ({ruleset.reason}) was committed at revision "
+                f"{done.ours['mod_revision']}, then superseded by version {latest.version} ({latest.reason}, "
+                f"by {latest.changed_by})",
+                committed_revision=int(done.ours["mod_revision"]),
                 current_revision=current,
             )
         raise ConflictError(
@@ -143,29 +156,33 @@ class Records:
         )
 
     def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
-        _need_writer(term.writer)
         compare = [mod_equals(self.ruleset_key, ruleset_revision), mod_equals(self.term_key, term_revision)]
-        success = [put(self.term_key, encode_term(term)), put(self.term_history_key(term.term), encode_term(term))]
-        failure = [get(self.term_key), get(self.term_history_key(term.term))]
-        ok, resp = self.transport.txn(compare, success, failure)
-        if ok:
-            return Revision(int(resp["header"]["revision"]))
-        now, ours = branch_kvs(resp, 0), branch_kvs(resp, 1)
-        if now and writer_of(now[0]) == term.writer:
-            return Revision(int(now[0]["mod_revision"]))
-        if ours and writer_of(ours[0]) == term.writer:
-            latest = self._term(now[0]).term if now else None
+        history = self.term_history_key(term.term)
+        success = [put(self.term_key, encode_term(term)), put(history, encode_term(term))]
+        done = self._cas(compare, success, self.term_key, history, term.writer)
+        if not isinstance(done, _Lost):
+            return done
+        if done.ours is not None:
+            latest = self._term(done.current).term if done.current else None
             by = f"term {latest.term} (primary {latest.primary}, decided by {latest.decided_by})" if latest else "?"
             raise SupersededError(
-                f"term {term.term} naming {term.primary} was committed at revision {ours[0]['mod_revision']}, "
+                f"term {term.term} naming {term.primary} was committed at revision {done.ours['mod_revision']}, "
                 f"then superseded by {by}",
-                committed_revision=int(ours[0]["mod_revision"]),
-                current_revision=int(now[0]["mod_revision"]) if now else None,
+                committed_revision=int(done.ours["mod_revision"]),
+                current_revision=int(done.current["mod_revision"]) if done.current else None,
             )
         raise ConflictError(
             f"the ruleset or term changed since the survey (ruleset revision {ruleset_revision}, term "
             f"revision {term_revision}); no term was written. Re-read and survey again"
         )
+
+
+@dataclass(frozen=True)
+class _Lost:
+    """A CAS whose compare failed and whose value is not ours now."""
+
+    current: dict[str, Any] | None  # the key's value now
+    ours: dict[str, Any] | None  # our history entry: an earlier attempt committed, then was superseded
 
 
 def _need_writer(writer: str) -> None:
