@@ -12,8 +12,15 @@ primary fails (kill -9, or SIGSTOP as a hung server), and the gated failover run
 promotes, every acknowledged write must be on the new primary; if it refuses, nothing may
 have been promoted.
 
+Besides the random schedules, :data:`PHASES` are fixed ones that fail the primary while a
+change is in its joint phase (committed, applied or not, never finalized), for adds,
+removals and policy changes, with exactly |E| - K + 1 members of each active rule left
+(the gate must promote) or one fewer (it must refuse), and with a second primary beside
+the old one (it must refuse and name both).
+
     python tests/faults.py --schedules 100 [--seed 1]      # more than CI runs
     python tests/faults.py --naive ...                     # the naive orchestrator instead
+    python tests/faults.py --phases                        # the fixed joint-phase schedules
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import psycopg
 from pgcohort import gate, protocol
 from pgcohort.adapters.postgres import PostgresNode
 from pgcohort.core import ruleset as core
+from pgcohort.core import steps
 from pgcohort.core.rules import AnyK
 from pgcohort.errors import PgcohortError, RefusedError
 from tests.race import acked_write, connect, create_ledger, ledger_ids, naive_failover
@@ -44,7 +52,7 @@ from tests.stack import Stack
 
 @dataclass
 class Result:
-    seed: int
+    seed: int | None  # None: a fixed schedule
     events: list[str] = field(default_factory=list)
     acknowledged: int = 0
     lost: int = 0
@@ -53,9 +61,8 @@ class Result:
 
     def line(self) -> str:
         outcome = f"promoted {self.promoted}" if self.promoted else f"refused ({self.refused[:80]})"
-        return (
-            f"seed {self.seed:>5}: {self.acknowledged:>4} acked, {self.lost} lost, {outcome}; {', '.join(self.events)}"
-        )
+        where = "fixed" if self.seed is None else f"seed {self.seed:>5}"
+        return f"{where}: {self.acknowledged:>4} acked, {self.lost} lost, {outcome}; {', '.join(self.events)}"
 
 
 class Writer:
@@ -247,6 +254,102 @@ def event(rnd: random.Random, st: Stack, store: object) -> str:
     return kind
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A fixed schedule: a change held in its joint phase when the primary fails."""
+
+    name: str
+    policy: int  # K of the initial rule ANY K (pg1, pg2, pg3)
+    change: str  # "add pg4", "remove NAME", "policy K", or "" for none
+    applied: bool  # the joint setting was written on the primary before it failed
+    down: tuple[str, ...]  # members crashed before the primary fails
+    expect: str  # "promote" or "refuse"
+    outsider: str = ""  # a member promoted outside pgcohort while the old primary runs
+
+    def proposal(self, st: Stack) -> core.Change | None:
+        verb, _, arg = self.change.partition(" ")
+        if verb == "add":
+            return core.AddMember(st.member(arg))
+        if verb == "remove":
+            return core.RemoveMember(arg)
+        if verb == "policy":
+            return core.SetPolicy(AnyK(int(arg)))
+        return None
+
+
+PHASES = (
+    Phase("add, joint, not applied", 1, "add pg4", False, (), "promote"),
+    Phase("add, joint, applied", 1, "add pg4", True, (), "promote"),
+    Phase("remove, joint, applied", 1, "remove pg3", True, (), "promote"),
+    Phase("policy 1 to 2, joint, applied", 1, "policy 2", True, (), "promote"),
+    Phase(
+        "policy 2 to 1, joint, not applied, one below |E|-K+1 of the new rule", 2, "policy 1", False, ("pg3",), "refuse"
+    ),
+    Phase("add, |E|-K+1 of both rules left", 2, "add pg4", True, ("pg3",), "promote"),
+    Phase("add, one below |E|-K+1 of the new rule", 2, "add pg4", True, ("pg3", "pg4"), "refuse"),
+    Phase("remove, |E|-K+1 of both rules left", 2, "remove pg1", True, ("pg1",), "promote"),
+    Phase("remove, one below |E|-K+1 of the old rule only", 2, "remove pg1", False, ("pg1", "pg2"), "refuse"),
+    Phase("a second primary beside the old one", 1, "", False, (), "refuse", outsider="pg2"),
+)
+
+
+def run_phase(phase: Phase, etcd: EtcdCluster) -> Result:
+    """Hold ``phase.change`` in its joint phase, fail the primary, run the gate, count losses."""
+    res = Result(seed=None, events=[phase.name])
+    heal_etcd(etcd)
+    st = Stack(cluster=f"phase-{random.getrandbits(32):08x}", etcd=etcd)
+    try:
+        st.start(standbys=3, policy=phase.policy)
+        st.pg.add_standby("pg4", "pg0")
+        st.start_sidecar("pg4")
+        st.wait("the initial setting", lambda: st.primary_setting() == f"ANY {phase.policy} (pg1, pg2, pg3)")
+        primary_dsn = st.pg.nodes["pg0"].dsn
+        create_ledger(primary_dsn)
+        writer = Writer(primary_dsn)
+        st.sidecars["pg0"].kill()  # nothing will finalize: the change stays joint
+        change = phase.proposal(st)
+        if change is not None:
+            protocol.propose(st.store(), change, actor="phase")
+        if phase.applied:  # what the primary's sidecar does first: write the joint setting
+            snap, term = st.store().read_both()
+            node = PostgresNode(primary_dsn)
+            try:
+                target = steps.desired(snap.ruleset, snap.revision, term.term.primary, "pg0")
+                with node.setting_lock() as w:
+                    w.write(target)
+                node.wait_in_force(target, timeout=10)
+            finally:
+                node.close()
+        if phase.outsider:  # promoted outside pgcohort; its LSN then jumps past everyone's
+            outsider = PostgresNode(st.pg.nodes[phase.outsider].dsn)
+            outsider.promote()
+            outsider.close()
+            with psycopg.connect(st.pg.nodes[phase.outsider].dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE outsider AS SELECT 1 AS x")
+                conn.execute("SELECT pg_switch_wal()")
+        time.sleep(1.0)  # writes acknowledged under the joint setting
+        for name in phase.down:
+            st.pg.crash(st.pg.nodes[name])
+        time.sleep(0.5)  # and under what is left
+        st.pg.crash(st.pg.nodes["pg0"])
+        acked = writer.halt()
+        res.acknowledged = len(acked)
+        try:
+            failover_with_retries(st)
+        except RefusedError as e:
+            res.refused = str(e).splitlines()[0]
+            inside = [n for n in ("pg1", "pg2", "pg3", "pg4") if n != phase.outsider]
+            assert not any(is_primary(st, n) for n in inside), "refused, yet something was promoted"
+        # Judge by the term: whoever it names is where the HA manager sends the writes.
+        named = st.store().read_both()[1].term.primary
+        if named != "pg0":
+            res.promoted = named
+            res.lost = len(acked - ledger_ids(st.pg.nodes[named].dsn))
+        return res
+    finally:
+        st.close()
+
+
 def run(schedules: int, first_seed: int, *, naive: bool = False) -> list[Result]:
     etcd = EtcdCluster(3).start()
     try:
@@ -273,7 +376,20 @@ def main() -> int:
     ap.add_argument("--schedules", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1, help="first seed; schedule i uses seed+i")
     ap.add_argument("--naive", action="store_true", help="fail over with the naive orchestrator instead of the gate")
+    ap.add_argument("--phases", action="store_true", help="run the fixed joint-phase schedules instead")
     args = ap.parse_args()
+    if args.phases:
+        etcd = EtcdCluster(3).start()
+        try:
+            wrong = 0
+            for phase in PHASES:
+                r = run_phase(phase, etcd)
+                ok = (r.promoted is not None) == (phase.expect == "promote") and not r.lost
+                wrong += not ok
+                print(("ok    " if ok else "WRONG ") + r.line(), flush=True)
+        finally:
+            etcd.close()
+        return 1 if wrong else 0
     results = run(args.schedules, args.seed, naive=args.naive)
     print(summary(results))
     return 1 if any(r.lost for r in results) else 0

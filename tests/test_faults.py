@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import need_servers
-from tests.faults import Result, run_schedule, summary
+from tests.faults import PHASES, Phase, Result, run_phase, run_schedule, summary
 from tests.servers import EtcdCluster
 
 pytestmark = [pytest.mark.pg, pytest.mark.etcd, pytest.mark.fault, pytest.mark.slow]
@@ -50,3 +50,21 @@ def test_the_suite_sees_a_loss_on_the_naive_path() -> None:
     assert naive.promoted and naive.lost > 0, f"the naive path lost nothing: {naive.line()}"
     assert gated.lost == 0 and gated.promoted is None and "refused" in gated.refused, gated.line()
     print(f"\n  naive: {naive.line()}\n  gated: {gated.line()}")
+
+
+@pytest.mark.parametrize("phase", PHASES, ids=[p.name for p in PHASES])
+def test_a_failover_in_the_joint_phase_keeps_every_write(phase: Phase, etcd3: EtcdCluster) -> None:
+    """The primary fails while a change is committed but not finalized. The gate must
+    require |E| - K + 1 members of every active rule: it promotes when exactly that many
+    are left, refuses with one fewer, and whatever it promotes holds every acknowledged write."""
+    need_servers()
+    r = run_phase(phase, etcd3)
+    print(f"\n  {r.line()}")
+    assert r.acknowledged > 0, "no write was acknowledged: the schedule tested nothing"
+    assert r.lost == 0, f"acknowledged writes lost: {r.line()}"
+    if phase.expect == "promote":
+        assert r.promoted, f"the gate refused although every active rule had |E| - K + 1 members: {r.refused}"
+    else:
+        assert r.promoted is None, f"the gate promoted {r.promoted} without |E| - K + 1 members of every rule"
+    if phase.outsider:
+        assert f"two primaries, pg0 and {phase.outsider}" in r.refused, r.refused

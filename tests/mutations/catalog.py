@@ -102,7 +102,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    for rule in ruleset.active_rules():\n        e = tuple(m.name for m in rule.electorate(old_primary))",
         "    for rule in ruleset.active_rules()[:1]:  # MUTATION: the new rule only\n"
         "        e = tuple(m.name for m in rule.electorate(old_primary))",
-        ("tests/test_race.py::test_removal_race_with_the_leaving_member_down_is_refused_under_the_old_rule",),
+        (
+            "tests/test_race.py::test_removal_race_with_the_leaving_member_down_is_refused_under_the_old_rule",
+            "tests/test_faults.py::test_a_failover_in_the_joint_phase_keeps_every_write"
+            "[remove, one below |E|-K+1 of the old rule only]",
+        ),
     ),
     Mutation(
         "any-reachable-candidate",
@@ -116,8 +120,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "second-primary-surveyed",
         "a member that is not in recovery is never surveyed as a standby",
         "plugin/gate.py",
-        "        if found.primaries:",
-        "        if False:  # MUTATION",
-        ("tests/test_apply.py::test_the_gate_refuses_when_a_surveyed_member_is_a_primary",),
+        "                primaries[name] = e.position",
+        "                positions[name] = e.position  # MUTATION: surveyed as a standby",
+        (
+            "tests/test_faults.py::test_a_failover_in_the_joint_phase_keeps_every_write[a second primary beside the old one]",
+        ),
     ),
 )
