@@ -93,7 +93,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "plugin/core/failover.py",
         "    return electorate - acks + 1",
         "    return electorate - acks  # MUTATION",
-        ("tests/test_faults.py::test_the_suite_sees_a_loss_on_the_naive_path",),
+        (
+            "tests/test_faults.py::test_a_failover_in_the_joint_phase_keeps_every_write"
+            "[add, one below |E|-K+1 of the new rule]",
+            "tests/test_faults.py::test_the_suite_sees_a_loss_on_the_naive_path",
+        ),
     ),
     Mutation(
         "joint-checks-one-rule",
@@ -103,9 +107,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    for rule in ruleset.active_rules()[:1]:  # MUTATION: the new rule only\n"
         "        e = tuple(m.name for m in rule.electorate(old_primary))",
         (
-            "tests/test_race.py::test_removal_race_with_the_leaving_member_down_is_refused_under_the_old_rule",
             "tests/test_faults.py::test_a_failover_in_the_joint_phase_keeps_every_write"
             "[remove, one below |E|-K+1 of the old rule only]",
+            "tests/test_race.py::test_removal_race_with_the_leaving_member_down_is_refused_under_the_old_rule",
         ),
     ),
     Mutation(
