@@ -35,12 +35,14 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgcohort.core.failover import format_lsn, parse_lsn
 from pgcohort.core.rules import Member
 from pgcohort.core.steps import Desired
 from pgcohort.errors import (
     BarrierPendingError,
+    InvalidInputError,
     NotInForceError,
     NotStandbyError,
     PgcohortError,
@@ -105,6 +107,11 @@ class PostgresNode:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = self._connect()
         return self._conn
+
+    @property
+    def where(self) -> str:
+        """host:port of this server, for messages (never the password)."""
+        return _where(self.dsn)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -261,12 +268,23 @@ class PostgresNode:
     # --- failover primitives ----------------------------------------------------------
 
     def revoke(self, *, timeout: float = 10.0) -> int:
-        """Stop this standby receiving WAL; return its final position (max received/replayed)."""
+        """Stop this standby receiving WAL; return its final position (max received/replayed).
+
+        The previous ``primary_conninfo`` is kept in ``pgcohort.primary_conninfo`` (also
+        through ALTER SYSTEM) so that :meth:`follow` can repoint the standby to a new primary
+        with the same user, password file and TLS options.
+        """
         before = self.observe()
         if before.primary:
             raise NotStandbyError(
-                f"{_where(self.dsn)} is not in recovery: it is a primary (at {format_lsn(before.lsn)})",
+                f"{self.where} is not in recovery: it is a primary (at {format_lsn(before.lsn)})",
                 position=before.lsn,
+            )
+        ((conninfo,),) = self._query("read primary_conninfo", "SELECT current_setting('primary_conninfo')")
+        if conninfo:
+            self._query(
+                "keep the previous primary_conninfo",
+                sql.SQL("ALTER SYSTEM SET pgcohort.primary_conninfo = {}").format(sql.Literal(conninfo)),
             )
         self._query("revoke (clear primary_conninfo)", "ALTER SYSTEM SET primary_conninfo = ''")
         self._query("reload", "SELECT pg_reload_conf()")
@@ -275,18 +293,34 @@ class PostgresNode:
             "read pg_stat_wal_receiver", "SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL"
         )[0][0]:
             if time.monotonic() > deadline:
-                raise PostgresUnreachableError(
-                    f"the WAL receiver of {_where(self.dsn)} did not stop within {timeout:g}s"
-                )
+                raise PostgresUnreachableError(f"the WAL receiver of {self.where} did not stop within {timeout:g}s")
             time.sleep(0.02)
         return self.observe().lsn
 
-    def follow(self, conninfo: str) -> None:
-        """Make this standby receive from the server ``conninfo`` names (undoes a revoke)."""
-        self._query(
-            "set primary_conninfo", sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo))
+    def follow(self, primary: Member) -> None:
+        """Undo a revoke: receive from ``primary`` with the connection options used before it."""
+        ((kept, current),) = self._query(
+            "read primary_conninfo",
+            "SELECT current_setting('pgcohort.primary_conninfo', true), current_setting('primary_conninfo')",
         )
+        base = kept or current
+        if not base:
+            raise InvalidInputError(
+                f"{self.where} has no primary_conninfo to repoint (it was never a streaming standby, or it was "
+                f"cleared outside pgcohort); set primary_conninfo to {primary.host}:{primary.port} by hand"
+            )
+        params = {k: str(v) for k, v in conninfo_to_dict(base).items() if v is not None}
+        params.update(host=primary.host.strip("[]"), port=str(primary.port))
+        self._query(
+            "set primary_conninfo",
+            sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(make_conninfo("", **params))),
+        )
+        self._query("forget the kept primary_conninfo", "ALTER SYSTEM RESET pgcohort.primary_conninfo")
         self._query("reload", "SELECT pg_reload_conf()")
+
+    def set_eligible(self, eligible: bool) -> bool:
+        """Nothing to tell: with plain PostgreSQL only pgcohort's gate promotes, and it checks the cohort."""
+        return False
 
     def promote(self, *, timeout: int = 60) -> None:
         (row,) = self._query("promote", "SELECT pg_promote(true, %s)", (timeout,))

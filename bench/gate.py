@@ -32,7 +32,7 @@ def restore(st: Stack, standbys: list[str]) -> None:
     """Undo a survey's revoke: the standbys follow pg0 again and stream."""
     for name in standbys:
         node = PostgresNode(st.pg.nodes[name].dsn)
-        node.follow(f"host=127.0.0.1 port={st.pg.nodes['pg0'].port} user=postgres application_name={name}")
+        node.follow(st.member("pg0"))
         node.close()
 
     def streaming() -> bool:

@@ -2,7 +2,8 @@
 
 The sidecar and the gate are written against :mod:`pgcohort.seams`; this module decides
 that the store is etcd (:class:`pgcohort.store.EtcdStore`) and the node is plain
-PostgreSQL (:mod:`pgcohort.adapters.postgres`). A second adapter is chosen here too.
+PostgreSQL (:mod:`pgcohort.adapters.postgres`) or a Patroni member
+(:mod:`pgcohort.adapters.patroni`), by ``sidecar.adapter``.
 The adapter, the metrics and the sidecar are imported only by the functions that build
 them, so that ``pgcohort status`` or ``add`` does not load psycopg or prometheus_client.
 """
@@ -14,10 +15,12 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pgcohort.config import Config
+from pgcohort.config import Config, adapter
 from pgcohort.core.rules import Member
+from pgcohort.errors import NotInitializedError, RefusedError
 from pgcohort.seams import Node
 from pgcohort.store import EtcdStore
+from pgcohort.store.patroni import PatroniConfigKey
 
 if TYPE_CHECKING:
     from pgcohort.sidecar import Sidecar
@@ -43,13 +46,60 @@ def store(cfg: Config, **kw: Any) -> EtcdStore:
 
 def connector(cfg: Config) -> Callable[[Member], Node]:
     """How the gate reaches any member (host and port from the ruleset, options from the config)."""
+    if adapter(cfg) == "patroni":
+        from pgcohort.adapters import patroni
+
+        return patroni.connector(cfg["postgres.member_options"])
     from pgcohort.adapters import postgres
 
     return postgres.connector(cfg["postgres.member_options"])
 
 
-def sidecar(cfg: Config) -> Sidecar:
+def patroni_managed_by(cfg: Config, etcd: EtcdStore) -> str | None:
+    """Beside Patroni: the pgcohort root that Patroni's configuration says manages it (None: none, or not Patroni)."""
+    if adapter(cfg) != "patroni":
+        return None
+    managed_by: str | None = patroni_key(cfg, etcd).read().managed_by
+    return managed_by
+
+
+def patroni_cluster(url: str, cfg: Config) -> tuple[list[Member], list[str], str, str]:
+    """From Patroni's ``GET /cluster``: the running members, the ones left out (and why), the leader, the scope."""
+    from pgcohort.adapters import patroni
+
+    listed, leader, scope = patroni.PatroniAPI(url, auth=cfg["patroni.api_auth"]).cluster()
+    if leader is None:
+        raise RefusedError(f"Patroni at {url} reports no leader; adopt the cluster once it has one")
+    members, skipped = [], []
+    for m in listed:
+        if m.name == leader or m.state in ("streaming", "running"):
+            members.append(Member(m.name, m.host, m.port, m.zone))
+        else:
+            skipped.append(f"{m.name} ({m.state})")
+    return members, skipped, leader, scope
+
+
+def patroni_key(cfg: Config, etcd: EtcdStore, scope: str | None = None) -> PatroniConfigKey:
+    return etcd.patroni_config(scope or cfg["patroni.scope"] or cfg["cluster"], cfg["patroni.namespace"])
+
+
+def node(cfg: Config, etcd: EtcdStore) -> Node:
+    """This node's database, driven through the adapter the configuration names."""
+    if adapter(cfg) == "patroni":
+        from pgcohort.adapters import patroni
+
+        return patroni.PatroniNode(
+            cfg["postgres.dsn"],
+            config_key=patroni_key(cfg, etcd),
+            api=patroni.PatroniAPI(cfg["patroni.url"], auth=cfg["patroni.api_auth"]) if cfg["patroni.url"] else None,
+            config_dir=cfg["patroni.config_dir"],
+        )
     from pgcohort.adapters import postgres
+
+    return postgres.PostgresNode(cfg["postgres.dsn"])
+
+
+def sidecar(cfg: Config) -> Sidecar:
     from pgcohort.metrics import Metrics
     from pgcohort.sidecar import Settings, Sidecar
 
@@ -69,4 +119,11 @@ def sidecar(cfg: Config) -> Sidecar:
     )
     etcd = store(cfg, observe=metrics.observe_etcd)
     metrics.watch_store(etcd.stats)
-    return Sidecar(settings, etcd, postgres.PostgresNode(cfg["postgres.dsn"]), metrics)
+    if adapter(cfg) == "patroni":  # two owners of one setting lose writes: refuse before starting
+        try:
+            problem = patroni_key(cfg, etcd).read().sync_mode_problem()
+        except NotInitializedError:
+            problem = None  # Patroni has not bootstrapped yet: every write checks again
+        if problem:
+            raise RefusedError(f"the sidecar did not start: {problem}")
+    return Sidecar(settings, etcd, node(cfg, etcd), metrics)

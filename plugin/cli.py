@@ -19,7 +19,7 @@ from typing import Any
 from pgcohort import assembly, config, gate, protocol, report
 from pgcohort.core import ruleset as core
 from pgcohort.core.rules import Rule, parse_member, parse_policy
-from pgcohort.errors import InvalidInputError, PgcohortError, exit_codes
+from pgcohort.errors import InvalidInputError, NotInitializedError, PgcohortError, RefusedError, exit_codes
 from pgcohort.seams import Revision
 from pgcohort.store import EtcdStore
 
@@ -61,6 +61,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.from_patroni:
+        return _adopt(args)
+    if not args.member or not args.primary:
+        raise InvalidInputError("init needs --member (one per member) and --primary, or --from-patroni URL")
     members = tuple(parse_member(s) for s in args.member)
     rule = Rule(parse_policy(args.policy), members)
     store = _store(args)
@@ -68,6 +72,36 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"initialized {store.root}: version 1 at revision {done.snapshot.revision}, term 1 (primary {args.primary})")
     print(f"rule: {rule.show()}")
     print(f"synchronous_standby_names: {rule.render(args.primary)}")
+    return 0
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    """``init --from-patroni``: the members and leader from Patroni, and the switch from its sync mode, at once."""
+    cfg = _config(args)
+    members, skipped, leader, scope = assembly.patroni_cluster(args.from_patroni, cfg)
+    if cfg["patroni.scope"] and scope and cfg["patroni.scope"] != scope:
+        raise InvalidInputError(
+            f"Patroni at {args.from_patroni} runs scope {scope!r} but patroni.scope is {cfg['patroni.scope']!r}; "
+            "nothing was changed"
+        )
+    rule = Rule(parse_policy(args.policy), tuple(members))
+    rs, term = protocol.first(rule, leader, actor=assembly.actor())
+    store = assembly.store(cfg)
+    key = assembly.patroni_key(cfg, store, scope)
+    before = key.read()
+    setting = rule.render(leader)
+    rev = key.adopt(rs, term, before, setting)
+    print(
+        f"adopted Patroni scope {scope!r} into {store.root}: version 1 and term 1 (primary {leader}) at revision {rev}"
+    )
+    print(f"rule: {rule.show()}")
+    if skipped:
+        print(f"left out (not streaming): {', '.join(skipped)}; add them with `pgcohort add` once they stream")
+    was = before.value.get("synchronous_mode", False)
+    print(
+        f"in the same transaction {key.key}: synchronous_mode {was!r} -> false, "
+        f"synchronous_standby_names {before.setting!r} -> {setting!r}"
+    )
     return 0
 
 
@@ -208,25 +242,69 @@ def _report_gate(outcome: gate.Outcome, promoted: bool) -> None:
     if t.forced:
         print(f"FORCED: {t.forced}")
     print(f"promoted {t.primary}" if promoted else f"{t.primary} may now be promoted")
+    if promoted:
+        repointed = sorted(set(outcome.survey.positions) - {t.primary} - set(outcome.followers))
+        if repointed:
+            print(f"following {t.primary} again: {', '.join(repointed)}")
+        for name, why in sorted(outcome.followers.items()):
+            print(f"  NOT repointed {name}: {why}; set its primary_conninfo to {t.primary} by hand")
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     candidate = args.candidate or cfg["node.name"]
     if not candidate:
-        raise InvalidInputError("gate needs --candidate (or PGCOHORT_NODE_NAME): the node about to be promoted")
-    outcome = gate.gate(
-        assembly.store(cfg),
+        raise InvalidInputError("gate needs --candidate (or node.name in --config): the node about to be promoted")
+    store = assembly.store(cfg)
+    try:
+        store.read_both()
+    except NotInitializedError as e:
+        return _unmanaged(cfg, store, candidate, e)
+    verdict = gate.pre_promote(
+        store,
         assembly.connector(cfg),
+        candidate=candidate,
         actor=assembly.actor(),
         writer=protocol.new_writer(assembly.actor()),
-        candidate=candidate,
     )
-    _report_gate(outcome, promoted=False)
+    if isinstance(verdict, str):
+        print(verdict)
+    else:
+        _report_gate(verdict, promoted=False)
     return 0
 
 
+def _unmanaged(cfg: config.Config, store: EtcdStore, candidate: str, missing: NotInitializedError) -> int:
+    """The gate for a cluster with no ruleset: never silently unprotected (docs/patroni.md)."""
+    managed_by = assembly.patroni_managed_by(cfg, store)
+    if managed_by:
+        raise RefusedError(
+            f"promotion of {candidate} vetoed: Patroni's configuration says pgcohort manages this cluster at "
+            f"{managed_by}, but there is no ruleset at {store.root}. The cluster name or etcd.prefix in this "
+            "node's pgcohort configuration is wrong (fix it), or the ruleset was deleted (restore it with "
+            "`pgcohort init --from-patroni URL`)"
+        )
+    if cfg["gate.unmanaged"] == "allow":
+        print(
+            f"pgcohort gate: WARNING: no ruleset at {store.root}; {candidate} is promoted WITHOUT pgcohort's "
+            "check (gate.unmanaged: allow). Run `pgcohort init --from-patroni URL` to protect this cluster",
+            file=sys.stderr,
+        )
+        return 0
+    raise RefusedError(
+        f"promotion of {candidate} vetoed: {missing}. Without a ruleset the gate cannot check that {candidate} "
+        "holds every acknowledged write. If pgcohort does not manage this cluster yet, run `pgcohort init "
+        "--from-patroni URL` (or set gate.unmanaged: allow to let Patroni promote alone until then); if the "
+        "cluster name or etcd.prefix is wrong, fix it in this node's pgcohort configuration"
+    )
+
+
 def cmd_failover(args: argparse.Namespace) -> int:
+    if config.adapter(_config(args)) == "patroni":
+        raise RefusedError(
+            "on Patroni, Patroni promotes: use `patronictl failover` or `patronictl switchover`; pgcohort's gate "
+            "runs as Patroni's pre_promote and vetoes an unsafe candidate. Nothing was changed"
+        )
     cfg = _config(args)
     outcome = gate.failover(
         assembly.store(cfg),
@@ -281,15 +359,25 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("init", "create the ruleset (version 1) and term 1 naming the primary, if none exist", cmd_init)
+    sp = add(
+        "init",
+        "create the ruleset (version 1) and term 1 naming the primary, if none exist; or adopt a Patroni cluster",
+        cmd_init,
+    )
     sp.add_argument(
         "--member",
         action="append",
-        required=True,
         metavar="NAME[@HOST[:PORT]][/ZONE]",
         help="a cohort member; repeat for each (the primary included)",
     )
-    sp.add_argument("--primary", required=True, help="the current primary (must be a member)")
+    sp.add_argument("--primary", help="the current primary (must be a member)")
+    sp.add_argument(
+        "--from-patroni",
+        metavar="URL",
+        help="take the members (running and streaming; zone from the 'zone' tag) and the leader from Patroni's "
+        "REST API, and switch Patroni from its synchronous_mode to the rendered setting in the same etcd "
+        "transaction (no moment of asynchronous commits)",
+    )
     sp.add_argument("--policy", default="any 1", help="'any K' or 'cross-zone' (default: any 1)")
 
     sp = add("add", "propose adding a member (starts the joint phase)", cmd_add)

@@ -25,6 +25,7 @@ class Setting:
     kind: type
     default: Any
     help: str
+    choices: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
@@ -66,6 +67,25 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting(("sidecar", "admit_stable_for"), float, 10.0, "seconds a standby must stay caught up before admission"),
     Setting(("sidecar", "leave_timeout"), float, 30.0, "seconds `leave` waits for its removal to be finalized"),
+    Setting(
+        ("sidecar", "adapter"),
+        str,
+        "auto",
+        "what manages the node: postgres, patroni, or auto (patroni when patroni.url is set)",
+        ("auto", "postgres", "patroni"),
+    ),
+    Setting(("patroni", "url"), str, None, "this node's Patroni REST API (restapi.connect_address)"),
+    Setting(("patroni", "scope"), str, None, "Patroni's scope (default: the cluster name)"),
+    Setting(("patroni", "namespace"), str, "/service", "Patroni's namespace in etcd"),
+    Setting(("patroni", "config_dir"), str, None, "Patroni's configuration directory, for the nofailover tags file"),
+    Setting(("patroni", "api_auth"), str, None, "USER:PASSWORD for Patroni's REST API (restapi.authentication)"),
+    Setting(
+        ("gate", "unmanaged"),
+        str,
+        "refuse",
+        "gate for a cluster with no ruleset: refuse (veto, say why) or allow (Patroni decides alone)",
+        ("refuse", "allow"),
+    ),
 )
 
 
@@ -75,6 +95,14 @@ class Config:
 
     def __getitem__(self, dotted: str) -> Any:
         return self.values[dotted]
+
+
+def adapter(cfg: Config) -> str:
+    """``postgres`` or ``patroni``: ``sidecar.adapter``, with ``auto`` resolved."""
+    chosen = str(cfg["sidecar.adapter"])
+    if chosen == "auto":
+        return "patroni" if cfg["patroni.url"] else "postgres"
+    return chosen
 
 
 def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
@@ -120,6 +148,9 @@ def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
         return value
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
         problems.append(f"{s.dotted} ({source}): expected text, got {raw!r}")
+        return None
+    if s.choices and str(raw) not in s.choices:
+        problems.append(f"{s.dotted} ({source}): expected one of {', '.join(s.choices)}, got {raw!r}")
         return None
     return str(raw)
 
@@ -184,4 +215,4 @@ def load(
 
 def describe() -> str:
     """The settings table shown by ``--help``."""
-    return "\n".join(f"  {s.dotted:<16} {s.env:<26} {s.help}" for s in SCHEMA)
+    return "\n".join(f"  {s.dotted:<19} {s.env:<29} {s.help}" for s in SCHEMA)

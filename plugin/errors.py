@@ -17,7 +17,8 @@ one function, and the CLI maps each class to one exit code::
      │    ├── PostgresUnreachableError    the server did not answer, or the query failed
      │    ├── NotInForceError             a setting was written but is not yet in force
      │    ├── BarrierPendingError         the barrier commit is not acknowledged yet
-     │    └── NotStandbyError             a member that should be a standby is a primary
+     │    ├── NotStandbyError             a member that should be a standby is a primary
+     │    └── PatroniUnreachableError     Patroni's REST API did not answer, or refused the call
      ├── AccessDeniedError        exit 10 etcd refused our credentials or role; nothing changed
      └── TimedOutError            exit 11 a step we wait for (e.g. a finalize) did not happen in time
 
@@ -103,6 +104,10 @@ class PostgresError(PgcohortError):
 
 class PostgresUnreachableError(PostgresError):
     """The PostgreSQL server could not be reached, or a query failed."""
+
+
+class PatroniUnreachableError(PostgresError):
+    """Patroni's REST API on this node did not answer, or answered with an error."""
 
 
 class NotInForceError(PostgresError):

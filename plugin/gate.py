@@ -14,6 +14,10 @@
    committed and was then superseded, stop too and say so.
 5. Only after the term is committed is the candidate promoted (:func:`failover`); the
    gate alone (:func:`gate`) is what an HA manager's pre-promote hook calls.
+6. After the promotion, :func:`failover` repoints the revoked survivors to the new primary
+   (:meth:`Node.follow`, with the connection options each had before), so the new rule's
+   standbys stream again and its commits can be acknowledged. Under Patroni, Patroni does
+   this itself and the revoke changed nothing.
 
 The escape hatch ``allow_data_loss`` promotes the most advanced reachable eligible member
 when the rule refuses; the term records the override (``forced``) and so does the term
@@ -24,11 +28,11 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pgcohort.core import failover as rule
 from pgcohort.core.failover import format_lsn
-from pgcohort.core.rules import Member
+from pgcohort.core.rules import Member, Rule
 from pgcohort.core.ruleset import Ruleset, Term
 from pgcohort.errors import ConflictError, NotStandbyError, PgcohortError, RefusedError, SupersededError
 from pgcohort.protocol import now
@@ -53,6 +57,8 @@ class Outcome:
     term_revision: Revision
     attempts: int  # 1 unless a stale view had to be re-read
     member: Member  # the candidate as the committed ruleset describes it
+    rules: tuple[Rule, ...] = ()  # the active rules the decision was made under
+    followers: dict[str, str] = field(default_factory=dict)  # survivors that could not be repointed, and why
 
     @property
     def candidate(self) -> str:
@@ -105,6 +111,12 @@ def gate(
         old = term.term.primary
         if candidate == old:
             raise RefusedError(f"{candidate} is the current primary (term {term.term.term}); nothing to fail over")
+        if candidate is not None and not snap.ruleset.counts(candidate):
+            raise RefusedError(
+                f"{candidate} may not be promoted: it is not a member of every active rule of the committed ruleset "
+                f"(version {snap.ruleset.version}: {snap.ruleset.show()}), so it may lack acknowledged writes. "
+                "No term was written and nothing was promoted. Add it with `pgcohort add` first"
+            )
         found = survey(snap.ruleset, old, connect, timeout=survey_timeout)
         if found.primaries:
             others = ", ".join(f"{n} (at {format_lsn(p)})" for n, p in sorted(found.primaries.items()))
@@ -152,7 +164,7 @@ def gate(
                 raise
             continue  # the ruleset moved: this view was stale; read, survey and decide again
         member = next(m for r in snap.ruleset.active_rules() for m in r.cohort if m.name == new_term.primary)
-        return Outcome(decision, found, new_term, snap.revision, rev, attempt, member)
+        return Outcome(decision, found, new_term, snap.revision, rev, attempt, member, snap.ruleset.active_rules())
     raise AssertionError("unreachable")
 
 
@@ -172,6 +184,40 @@ def _forced(
     return rule.FailoverDecision(True, best, refused.checks, forced), forced
 
 
+def pre_promote(store: Store, connect: Connect, *, candidate: str, actor: str, writer: str) -> Outcome | str:
+    """What an HA manager's pre-promote hook asks: may ``candidate`` be promoted now?
+
+    A node the current term already names takes its own leader key back (Patroni calls the
+    hook after a restart too): allowed, and no new term is written, since a primary holds
+    every write it acknowledged. An old primary that still answers as a primary is not
+    fenced: refused. Otherwise :func:`gate` decides. Raises RefusedError or ConflictError
+    when it must not be promoted.
+    """
+    snap, term = store.read_both()
+    old = term.term.primary
+    if old == candidate:
+        return (
+            f"term {term.term.term} already names {candidate} as the primary: it takes its own leader key "
+            "back; no new term written"
+        )
+    member = next((m for r in snap.ruleset.active_rules() for m in r.cohort if m.name == old), None)
+    if member is not None:
+        node = connect(member)
+        try:
+            seen = node.observe()
+        except PgcohortError:
+            seen = None  # down or unreachable: what a failover expects
+        finally:
+            node.close()
+        if seen is not None and seen.primary:
+            raise RefusedError(
+                f"promotion of {candidate} vetoed: {old}, the primary of term {term.term.term}, still runs as a "
+                f"primary (at {format_lsn(seen.lsn)}), so it is not fenced and could still acknowledge writes "
+                f"{candidate} lacks. No term was written. Let the HA manager demote it (or stop it), then retry"
+            )
+    return gate(store, connect, actor=actor, writer=writer, candidate=candidate)
+
+
 def failover(
     store: Store,
     connect: Connect,
@@ -188,4 +234,20 @@ def failover(
         node.promote()
     finally:
         node.close()
-    return outcome
+    return replace(outcome, followers=repoint(outcome, connect))
+
+
+def repoint(outcome: Outcome, connect: Connect) -> dict[str, str]:
+    """After the promotion, the revoked survivors follow the new primary; what failed, per member."""
+    survivors = [m for r in outcome.rules for m in r.cohort if m.name in outcome.survey.positions]
+    failed: dict[str, str] = {}
+    for m in {m.name: m for m in survivors if m.name != outcome.candidate}.values():
+        try:
+            node = connect(m)
+            try:
+                node.follow(outcome.member)
+            finally:
+                node.close()
+        except PgcohortError as e:
+            failed[m.name] = str(e)
+    return failed

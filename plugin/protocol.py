@@ -38,13 +38,17 @@ class Committed:
     superseded: str = ""
 
 
-def init(store: Store, rule: Rule, primary: str, *, actor: str) -> Committed:
+def first(rule: Rule, primary: str, *, actor: str) -> tuple[core.Ruleset, core.Term]:
+    """Version 1 of the ruleset and term 1 naming ``primary``, validated by the core."""
     writer = new_writer(actor)
     at = now()
     rs = core.initial(rule, primary, changed_by=actor, now=at, writer=writer)
-    term = core.Term(1, primary, 0, None, actor, at, writer)
-    rev = store.init(rs, term)
-    return Committed(Snapshot(rs, rev), 0)
+    return rs, core.Term(1, primary, 0, None, actor, at, writer)
+
+
+def init(store: Store, rule: Rule, primary: str, *, actor: str) -> Committed:
+    rs, term = first(rule, primary, actor=actor)
+    return Committed(Snapshot(rs, store.init(rs, term)), 0)
 
 
 def propose(store: Store, what: core.Change, *, actor: str, attempts: int = 5) -> Committed:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import NewType, Protocol
 
 from pgcohort.core.node import NodeRecord
+from pgcohort.core.rules import Member
 from pgcohort.core.ruleset import Ruleset, Term
 from pgcohort.core.steps import Desired
 
@@ -171,7 +172,8 @@ class SettingWriter(Protocol):
 class Node(Protocol):
     """One member's database as the sidecar and the gate drive it, whatever the HA manager.
 
-    Implemented for plain PostgreSQL (:mod:`pgcohort.adapters.postgres`). Every method
+    Implemented for plain PostgreSQL (:mod:`pgcohort.adapters.postgres`) and for a node
+    managed by Patroni (:mod:`pgcohort.adapters.patroni`). Every method
     raises :class:`pgcohort.errors.PostgresError` subclasses, never a driver's exception.
     """
 
@@ -209,12 +211,22 @@ class Node(Protocol):
     def revoke(self, *, timeout: float = 10.0) -> int:
         """Stop this standby receiving WAL from the old primary; return its final position.
 
+        Where the HA manager fences the old primary itself (Patroni), nothing is changed: the
+        call waits until the standby no longer streams, and reports it unreachable otherwise.
         NotStandbyError (carrying the position) if the server is not in recovery: a primary.
         """
         ...
 
+    def follow(self, primary: Member) -> None:
+        """Undo :meth:`revoke`: receive WAL from ``primary`` (the new one). A no-op where the HA manager repoints."""
+        ...
+
     def promote(self, *, timeout: int = 60) -> None:
         """Promote and wait until it accepts writes."""
+        ...
+
+    def set_eligible(self, eligible: bool) -> bool:
+        """Tell the HA manager whether this node may be promoted (a cohort member); True if that changed anything."""
         ...
 
     def close(self) -> None: ...

@@ -73,6 +73,7 @@ class State:
     fenced: str = ""
     caught_up_since: dict[str, float] = field(default_factory=dict)
     joint_seen_at: float | None = None
+    refusal: str = ""  # why the last step was refused (for example Patroni's own sync mode is on)
 
 
 class Sidecar:
@@ -109,10 +110,13 @@ class Sidecar:
                 if not self._step(obs):
                     break
                 obs = self._observe()
+            refusal = ""
         except (PostgresError, RefusedError) as e:
+            refusal = str(e) if isinstance(e, RefusedError) else ""
             log.warning("%s", e)  # etcd answered; the step is retried next round
         except PgcohortError as e:
-            etcd_error = str(e)
+            etcd_error, refusal = str(e), s.refusal
+        self._eligibility()
         try:
             self._publish(obs)
         except PgcohortError as e:
@@ -122,7 +126,7 @@ class Sidecar:
         elif s.etcd_error and not etcd_error:
             log.info("etcd reachable")
         with self.lock:
-            s.etcd_error = etcd_error
+            s.etcd_error, s.refusal = etcd_error, refusal
         self.metrics.healthy.set(1 if not self.health_problems() else 0)
 
     def _observe(self) -> Observation | None:
@@ -175,6 +179,22 @@ class Sidecar:
                     self._applied(snap.revision)  # the committed rule's setting is in force
                 return False
         return True
+
+    def _eligibility(self) -> None:
+        """Tell the HA manager whether this node may be promoted: only a member counted by every active rule."""
+        committed = self.state.committed
+        if committed is None:
+            return
+        eligible = committed.ruleset.counts(self.settings.name)
+        try:
+            if self.node.set_eligible(eligible):
+                log.info(
+                    "%s is %s",
+                    self.settings.name,
+                    "eligible for promotion" if eligible else "not eligible (not a member)",
+                )
+        except PgcohortError as e:
+            log.warning("could not publish eligibility: %s", e)
 
     def _applied(self, revision: int) -> None:
         with self.lock:
@@ -315,6 +335,8 @@ class Sidecar:
             problems.append(f"postgres: {s.postgres_error}")
         if s.fenced:
             problems.append(f"fenced: {s.fenced}")
+        if s.refusal:
+            problems.append(f"refused: {s.refusal}")
         if s.committed is None:
             problems.append("no committed ruleset read yet")
             return problems

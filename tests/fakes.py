@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
 from pgcohort.core.node import NodeRecord
+from pgcohort.core.rules import Member
 from pgcohort.core.ruleset import Ruleset, Term
 from pgcohort.core.steps import Desired
 from pgcohort.seams import (
@@ -87,6 +88,12 @@ class DelegatingNode:
 
     def revoke(self, *, timeout: float = 10.0) -> int:
         return self.node.revoke(timeout=timeout)
+
+    def follow(self, primary: Member) -> None:
+        self.node.follow(primary)
+
+    def set_eligible(self, eligible: bool) -> bool:
+        return self.node.set_eligible(eligible)
 
     def promote(self, *, timeout: int = 60) -> None:
         self.node.promote(timeout=timeout)

@@ -226,7 +226,7 @@ def event(rnd: random.Random, st: Stack, store: object) -> str:
             node = PostgresNode(st.pg.nodes[name].dsn)
             node.revoke(timeout=5)
             time.sleep(rnd.uniform(0.2, 1.0))
-            node.follow(f"host=127.0.0.1 port={st.pg.nodes['pg0'].port} user=postgres application_name={name}")
+            node.follow(st.member("pg0"))
             node.close()
         elif kind == "standby-down":  # a standby crashes and stays down
             name = rnd.choice([n for n in ("pg1", "pg2", "pg3", "pg4") if st.pg.nodes[n].running])

@@ -76,6 +76,11 @@ INJECTIONS = {
     "etcd3gw outside the store": ("pgcohort/probe.py", "import etcd3gw\n", "Only the store imports etcd3gw"),
     "psycopg in the gate's layer": ("pgcohort/probe.py", "import psycopg\n", "Only the PostgreSQL adapter"),
     "prometheus_client in a new module": ("pgcohort/probe.py", "import prometheus_client\n", "Only the metrics"),
+    "Patroni's REST API outside its adapter": (
+        "pgcohort/probe.py",
+        "import urllib.request\n",
+        "Only the Patroni adapter and the store",
+    ),
     "a clock in the core": ("pgcohort/core/probe.py", "import time\n", "The core is pure"),
     "randomness in the core": ("pgcohort/core/probe.py", "import random\n", "The core is pure"),
     "the core importing the store": ("pgcohort/core/probe.py", "import pgcohort.store\n", "Layers"),

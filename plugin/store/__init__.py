@@ -5,10 +5,12 @@ Four units, as Patroni splits its etcd3 client from its DCS class:
 * :mod:`.transport` — requests, endpoint rotation, timeouts, auth, retries; the only importer of etcd3gw;
 * :mod:`.records`   — the ruleset and term: linearizable reads, CAS writes with their history;
 * :mod:`.registry`  — the nodes' leased status records;
-* :mod:`.watch`     — the ruleset watch loop.
+* :mod:`.watch`     — the ruleset watch loop;
+* :mod:`.patroni`   — Patroni's ``config`` key, written in one transaction with our ruleset's compare.
 
 Keys live under ``<prefix>/<cluster>/`` (never under Patroni's ``/service/``):
 ``ruleset``, ``term``, ``history/<version>``, ``history/term-<n>``, ``nodes/<name>``.
+Beside Patroni, one more key is read and written: Patroni's ``<namespace>/<scope>/config``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pgcohort.core.node import NodeRecord
 from pgcohort.core.ruleset import Ruleset, Term
 from pgcohort.errors import InvalidInputError
 from pgcohort.seams import Revision, Snapshot, StoreStats, TermSnapshot, View
+from pgcohort.store.patroni import PatroniConfigKey
 from pgcohort.store.records import Records
 from pgcohort.store.registry import NodeRegistration, NodeRegistry
 from pgcohort.store.transport import Transport
@@ -91,3 +94,8 @@ class EtcdStore:
 
     def stats(self) -> StoreStats:
         return self.transport.stats()
+
+    # --- Patroni's dynamic configuration (pgcohort.store.patroni) ----------------------------
+
+    def patroni_config(self, scope: str, namespace: str = "/service") -> PatroniConfigKey:
+        return PatroniConfigKey(self.transport, self.records, namespace, scope)

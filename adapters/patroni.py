@@ -1,0 +1,310 @@
+"""The Patroni adapter: :class:`PatroniNode` implements :class:`pgcohort.seams.Node` beside a Patroni agent.
+
+The only module that speaks to Patroni's REST API. What changes from plain PostgreSQL
+(docs/patroni.md; Patroni's internals in the research notes):
+
+* **The setting goes through Patroni.** :meth:`PatroniNode.setting_lock` yields a writer
+  that puts ``synchronous_standby_names`` into Patroni's dynamic configuration
+  (``<namespace>/<scope>/config``, ``postgresql.parameters``) in one etcd transaction that
+  compares our ruleset's ``mod_revision`` and the config key's ``mod_revision`` (see
+  :mod:`pgcohort.store.patroni`). Those two compares are the lock: a writer holding an older
+  ruleset, or racing ``patronictl edit-config``, writes nothing. Patroni's leader renders it
+  into ``postgresql.conf`` and reloads; :meth:`wait_in_force`, the barrier and
+  :meth:`acknowledged` then ask PostgreSQL directly, as the plain adapter does. Nothing is
+  ever written with ``ALTER SYSTEM`` (it would shadow Patroni's value forever).
+* **It refuses to own the setting beside Patroni's own sync mode** (``synchronous_mode``
+  ``on``/``quorum``, or ``synchronous_mode_strict``): two owners of one setting lose writes.
+* **A revoke changes nothing.** Fencing the old primary is Patroni's job (its leader lease,
+  a primary that demotes itself within ``retry_timeout``, and the watchdog): by the time a
+  candidate holds the leader key, the old primary accepts no more writes. :meth:`revoke`
+  only reads the member's position; the gate's pre-promote check refuses when the old
+  primary still answers as a primary. After a failover Patroni itself repoints the standbys.
+* **Eligibility as tags.** :meth:`set_eligible` writes ``tags: {nofailover: true}`` to a
+  drop-in file in Patroni's configuration directory for a node outside the committed
+  cohort (and removes the file for a member, so the operator's own tags apply), then
+  ``POST /reload``: a non-member never enters Patroni's leader race.
+* **Promotion is Patroni's.** :meth:`promote` refuses: fail over with ``patronictl``; the
+  gate runs as Patroni's ``pre_promote``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pgcohort.adapters.postgres import PostgresNode
+from pgcohort.core.failover import format_lsn
+from pgcohort.core.rules import Member
+from pgcohort.core.steps import Desired
+from pgcohort.errors import (
+    InvalidInputError,
+    NotStandbyError,
+    PatroniUnreachableError,
+    RefusedError,
+)
+from pgcohort.seams import Observation, Revision
+
+TAGS_FILE = "zz-pgcohort-tags.yml"
+NOFAILOVER = (
+    "# Written by the pgcohort sidecar: this node is not in the committed cohort, so it must\n"
+    "# not win Patroni's leader race. Removed again when the node becomes a member.\n"
+    "tags:\n  nofailover: true\n"
+)
+
+
+class DynamicConfig(Protocol):
+    """Patroni's dynamic configuration as the store read it (:class:`pgcohort.store.patroni.DynamicConfig`)."""
+
+    @property
+    def setting(self) -> str | None: ...
+
+    def sync_mode_problem(self) -> str | None: ...
+
+
+class ConfigKey(Protocol):
+    """Patroni's ``config`` key in etcd (:class:`pgcohort.store.patroni.PatroniConfigKey`)."""
+
+    key: str
+
+    def read(self) -> Any: ...
+
+    def write_setting(self, ruleset_revision: Revision, config: Any, setting: str) -> Revision: ...
+
+
+@dataclass(frozen=True)
+class PatroniMember:
+    """One member as Patroni's ``GET /cluster`` lists it."""
+
+    name: str
+    role: str
+    state: str
+    host: str
+    port: int
+    zone: str
+    lag: int | None
+
+
+class PatroniAPI:
+    """Patroni's REST API on one node (``restapi.connect_address``)."""
+
+    def __init__(self, url: str, *, auth: str | None = None, timeout: float = 3.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            url = "http://" + url
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._auth = "Basic " + base64.b64encode(auth.encode()).decode() if auth else None
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self._auth:
+            req.add_header("Authorization", self._auth)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 503 and method == "GET":  # health endpoints answer 503 with the same body
+                raw = e.read()
+            else:
+                raise PatroniUnreachableError(
+                    f"Patroni at {self.url} answered {method} {path} with HTTP {e.code}: "
+                    f"{e.read()[:200].decode(errors='replace')}"
+                ) from None
+        except (OSError, ValueError) as e:
+            raise PatroniUnreachableError(
+                f"Patroni's REST API at {self.url} did not answer {method} {path}: {e}"
+            ) from None
+        try:
+            return json.loads(raw) if raw.strip() else None
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    def patroni(self) -> dict[str, Any]:
+        """``GET /patroni``: this node's state, role, name and tags."""
+        got = self._call("GET", "/patroni")
+        return got if isinstance(got, dict) else {}
+
+    def cluster(self) -> tuple[list[PatroniMember], str | None, str]:
+        """``GET /cluster``: the members, the leader's name, and the scope."""
+        got = self._call("GET", "/cluster")
+        if not isinstance(got, dict) or not isinstance(got.get("members"), list):
+            raise InvalidInputError(f"{self.url}/cluster did not return Patroni's member list")
+        members, leader = [], None
+        for m in got["members"]:
+            tags = m.get("tags") or {}
+            lag = m.get("lag") if isinstance(m.get("lag"), int) else None
+            members.append(
+                PatroniMember(
+                    str(m["name"]), str(m.get("role", "")), str(m.get("state", "")), str(m.get("host", "")),
+                    int(m.get("port", 5432)), str(tags.get("zone", "default")), lag,
+                )
+            )  # fmt: skip
+            if m.get("role") == "leader":
+                leader = str(m["name"])
+        return members, leader, str(got.get("scope") or (self.patroni().get("patroni") or {}).get("scope") or "")
+
+    def reload(self) -> None:
+        """``POST /reload``: Patroni rereads its local configuration (and the tags)."""
+        self._call("POST", "/reload", {})
+
+
+class PatroniNode:
+    """A PostgreSQL server managed by Patroni; PostgreSQL questions go to :class:`PostgresNode`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        config_key: ConfigKey | None = None,
+        api: PatroniAPI | None = None,
+        config_dir: str | None = None,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self.pg = PostgresNode(dsn, connect_timeout=connect_timeout)
+        self.dsn = dsn
+        self.config_key = config_key
+        self.api = api
+        self.config_dir = config_dir
+        self._eligible: bool | None = None
+
+    # --- reading ----------------------------------------------------------------------
+
+    def observe(self) -> Observation:
+        return self.pg.observe()
+
+    def check_config(self) -> None:
+        """Refuse (RefusedError) while Patroni's own sync mode owns the setting."""
+        problem = self._config_key().read().sync_mode_problem()
+        if problem:
+            raise RefusedError(problem)
+
+    def _config_key(self) -> ConfigKey:
+        if self.config_key is None:
+            raise InvalidInputError("internal: this PatroniNode was built to survey, not to write the setting")
+        return self.config_key
+
+    # --- writing the setting ------------------------------------------------------------
+
+    @contextmanager
+    def setting_lock(self, *, timeout: float = 5.0) -> Iterator[_ConfigWriter]:
+        """No lock is held: the writer's two compares (ruleset and config revisions) serialise writers."""
+        yield _ConfigWriter(self)
+
+    def _write(self, desired: Desired) -> None:
+        key = self._config_key()
+        self.pg._epoch += 1  # a barrier belongs to one apply, as with plain PostgreSQL
+        key.write_setting(Revision(desired.revision), key.read(), desired.setting)
+
+    def wait_in_force(self, desired: Desired, *, timeout: float) -> None:
+        self.pg.wait_in_force(desired, timeout=timeout)
+
+    def in_force(self, desired: Desired) -> bool:
+        return self.pg.in_force(desired)
+
+    def barrier(self, revision: int, *, timeout: float) -> int:
+        return self.pg.barrier(revision, timeout=timeout)
+
+    def acknowledged(self, lsn: int) -> Mapping[str, int]:
+        return self.pg.acknowledged(lsn)
+
+    # --- failover -----------------------------------------------------------------------
+
+    def revoke(self, *, timeout: float = 10.0) -> int:
+        """This member's position; changes nothing (Patroni fences the old primary, and repoints standbys).
+
+        Under Patroni a standby may stream from another standby while the leader race runs
+        (Patroni points it at whoever holds the leader key), so its position can still grow
+        during the survey, but only with WAL another surveyed member already holds.
+        """
+        seen = self.pg.observe()
+        if seen.primary:
+            raise NotStandbyError(
+                f"{self.pg.where} is not in recovery: it is a primary (at {format_lsn(seen.lsn)})", position=seen.lsn
+            )
+        return seen.lsn
+
+    def follow(self, primary: Member) -> None:
+        """Nothing to do: Patroni repoints its standbys to the new leader itself."""
+
+    def promote(self, *, timeout: int = 60) -> None:
+        raise RefusedError(
+            "on Patroni, promotion is Patroni's: use `patronictl switchover` or `patronictl failover`; "
+            "pgcohort's gate runs as Patroni's pre_promote and vetoes an unsafe candidate"
+        )
+
+    # --- eligibility ------------------------------------------------------------------
+
+    def set_eligible(self, eligible: bool) -> bool:
+        """Keep Patroni's ``nofailover`` tag in step with the cohort; True when Patroni was told.
+
+        Until Patroni has acknowledged a reload the call is repeated (the sidecar calls it
+        every round), so a Patroni that was down or starting is told as soon as it answers.
+        """
+        if self.config_dir is None or eligible == self._eligible:
+            return False
+        path = os.path.join(self.config_dir, TAGS_FILE)
+        try:
+            if eligible:
+                if os.path.exists(path):
+                    os.unlink(path)
+            elif _read(path) != NOFAILOVER:
+                _write_atomically(path, NOFAILOVER)
+        except OSError as e:
+            raise InvalidInputError(
+                f"cannot write {path}: {e.strerror}; check patroni.config_dir (Patroni's configuration directory) "
+                "and that the sidecar may write there"
+            ) from None
+        if self.api is not None:
+            self.api.reload()
+        self._eligible = eligible
+        return True
+
+    def close(self) -> None:
+        self.pg.close()
+
+
+class _ConfigWriter:
+    """What :meth:`PatroniNode.setting_lock` yields: writes through Patroni's config key."""
+
+    def __init__(self, node: PatroniNode) -> None:
+        self._node = node
+
+    def write(self, desired: Desired) -> None:
+        self._node._write(desired)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomically(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".pgcohort-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def connector(options: str, *, timeout: float = 3.0) -> Callable[[Member], PatroniNode]:
+    """Reach any member's PostgreSQL for the gate's survey (read-only revoke)."""
+    return lambda m: PatroniNode(f"host={m.host.strip('[]')} port={m.port} {options}", connect_timeout=timeout)

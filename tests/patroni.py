@@ -1,0 +1,393 @@
+"""A real Patroni 4.x cluster on loopback for tests, the demo and the benchmark.
+
+Each node is a Patroni agent (run as ``postgres``, from the world-readable venv made with
+``/usr/bin/python3``) with its own PostgreSQL 15, REST port and configuration *directory*
+(``conf.d/``): ``00-patroni.yml`` is Patroni's own file, and the pgcohort sidecar keeps
+``zz-pgcohort-tags.yml`` beside it. Each node also gets ``pgcohort.yml``, the one file the
+sidecar and the gate read: Patroni runs the gate as ``pre_promote`` with no arguments and
+almost no environment, so everything the gate needs is in that file.
+
+The agents import pgcohort from a world-readable copy of this checkout (``PYTHONPATH``),
+or from ``PYTHONPATH`` as given (the mutation runner's scratch copy), never from a
+checkout the ``postgres`` user may not be able to read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import yaml
+
+from tests.pg import PG_BIN, _pg_ids
+from tests.servers import EtcdCluster, free_ports
+from tests.stack import SidecarProcess
+
+VENV = os.environ.get("PGCOHORT_VENV", "/opt/pgcohort/venv")
+PATRONI = f"{VENV}/bin/patroni"
+PATRONICTL = f"{VENV}/bin/patronictl"
+PGCOHORT = f"{VENV}/bin/pgcohort"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def patroni_available() -> bool:
+    return os.path.exists(PATRONI) and os.path.exists(f"{PG_BIN}/postgres")
+
+
+@dataclass
+class Agent:
+    """One Patroni node: its agent, its PostgreSQL, its sidecar."""
+
+    name: str
+    zone: str
+    pg_port: int
+    rest_port: int
+    sidecar_port: int
+    home: str
+    proc: subprocess.Popen[bytes] | None = None
+    sidecar: SidecarProcess | None = None
+
+    @property
+    def conf_dir(self) -> str:
+        return os.path.join(self.home, "conf.d")
+
+    @property
+    def pgcohort_config(self) -> str:
+        return os.path.join(self.home, "pgcohort.yml")
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.home, "data")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.home, "patroni.log")
+
+    @property
+    def dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.pg_port} user=postgres dbname=postgres connect_timeout=3"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.data_dir, "postmaster.pid")) as f:
+                pid = int(f.readline().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.api + path, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+@dataclass
+class PatroniCluster:
+    """Patroni agents on one etcd, each with a pgcohort sidecar and (optionally) the gate as ``pre_promote``."""
+
+    etcd: EtcdCluster
+    scope: str
+    gate: bool = True
+    ttl: int = 20
+    loop_wait: int = 2
+    retry_timeout: int = 5
+    synchronous_mode: str = "off"
+    dcs_parameters: dict[str, Any] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = tempfile.mkdtemp(prefix="pgcohort-patroni-")
+        os.chmod(self.root, 0o755)
+        self.pythonpath = os.environ.get("PYTHONPATH") or self._readable_copy()
+
+    def _readable_copy(self) -> str:
+        site = os.path.join(self.root, "site")
+        shutil.copytree(ROOT / "plugin", os.path.join(site, "pgcohort"), symlinks=False)
+        subprocess.run(["chmod", "-R", "a+rX", site], check=True)
+        return site
+
+    # --- nodes ------------------------------------------------------------------------
+
+    def add(self, name: str, zone: str = "zone-a", *, start: bool = True, sidecar: bool = True) -> Agent:
+        pg_port, rest_port, sidecar_port = free_ports(3)
+        home = os.path.join(self.root, name)
+        agent = Agent(name, zone, pg_port, rest_port, sidecar_port, home)
+        uid, gid = _pg_ids()
+        os.makedirs(agent.conf_dir)
+        for d in (home, agent.conf_dir):
+            os.chown(d, uid, gid)
+            os.chmod(d, 0o755)
+        self._write(os.path.join(agent.conf_dir, "00-patroni.yml"), self.patroni_config(agent))
+        self._write(agent.pgcohort_config, self.pgcohort_config(agent))
+        self.agents[name] = agent
+        if start:
+            self.start_agent(agent)
+        if sidecar:
+            self.start_sidecar(agent)
+        return agent
+
+    def _write(self, path: str, doc: dict[str, Any]) -> None:
+        with open(path, "w") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+        os.chmod(path, 0o644)
+
+    def patroni_config(self, a: Agent) -> dict[str, Any]:
+        postgresql: dict[str, Any] = {
+            "listen": f"127.0.0.1:{a.pg_port}",
+            "connect_address": f"127.0.0.1:{a.pg_port}",
+            "data_dir": a.data_dir,
+            "bin_dir": PG_BIN,
+            "pgpass": os.path.join(a.home, "pgpass"),
+            "authentication": {
+                "replication": {"username": "replicator", "password": "rep-pass"},
+                "superuser": {"username": "postgres", "password": "postgres-pass"},
+                "rewind": {"username": "postgres", "password": "postgres-pass"},
+            },
+            "pg_hba": [
+                "local all all trust",
+                "host replication replicator 127.0.0.1/32 trust",
+                "host all all 127.0.0.1/32 trust",
+            ],
+            "parameters": {"unix_socket_directories": a.home},
+        }
+        if self.gate:
+            postgresql["pre_promote"] = f"{PGCOHORT} gate --config {a.pgcohort_config}"
+        return {
+            "scope": self.scope,
+            "namespace": "/service",
+            "name": a.name,
+            "log": {"level": "INFO"},
+            "restapi": {"listen": f"127.0.0.1:{a.rest_port}", "connect_address": f"127.0.0.1:{a.rest_port}"},
+            "etcd3": {"hosts": [e.removeprefix("http://") for e in self.etcd.endpoints]},
+            "bootstrap": {
+                "dcs": {
+                    "ttl": self.ttl,
+                    "loop_wait": self.loop_wait,
+                    "retry_timeout": self.retry_timeout,
+                    "maximum_lag_on_failover": 1048576,
+                    "synchronous_mode": self.synchronous_mode,
+                    "postgresql": {
+                        "use_pg_rewind": True,
+                        "use_slots": True,
+                        "parameters": {"wal_log_hints": "on", "fsync": "off", **self.dcs_parameters},
+                    },
+                },
+                "initdb": [{"encoding": "UTF8"}, "data-checksums"],
+            },
+            "postgresql": postgresql,
+            "tags": {"zone": a.zone},
+        }
+
+    def pgcohort_config(self, a: Agent) -> dict[str, Any]:
+        return {
+            "cluster": self.scope,
+            "etcd": {"endpoints": self.etcd.endpoints, "timeout": 1.0, "retry_for": 3.0},
+            "node": {"name": a.name, "zone": a.zone, "host": "127.0.0.1", "port": a.pg_port},
+            "postgres": {"dsn": a.dsn, "member_options": "user=postgres dbname=postgres connect_timeout=2"},
+            "sidecar": {"listen": f"127.0.0.1:{a.sidecar_port}", "interval": 0.5, "ttl": 3, "adapter": "patroni"},
+            "patroni": {"url": a.api, "config_dir": a.conf_dir},
+        }
+
+    def start_agent(self, a: Agent) -> None:
+        env = {
+            "PATH": f"{PG_BIN}:/usr/bin:/bin",
+            "PYTHONPATH": self.pythonpath,
+            "LANG": "C.UTF-8",
+            "HOME": a.home,
+        }
+        uid, gid = _pg_ids()
+        log = open(a.log_path, "ab")  # noqa: SIM115 (kept open by the child)
+        a.proc = subprocess.Popen(
+            [PATRONI, a.conf_dir],
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            env=env,
+            cwd=a.home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def start_sidecar(self, a: Agent) -> SidecarProcess:
+        car = SidecarProcess(
+            a.name, a.sidecar_port, os.path.join(self.root, f"sidecar-{a.name}.log"), self.sidecar_env(a)
+        )
+        car.start()
+        car.wait_http()
+        a.sidecar = car
+        return car
+
+    def sidecar_env(self, a: Agent) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PGCOHORT_")}
+        return {**env, "PGCOHORT_CONFIG": a.pgcohort_config, "PYTHONPATH": self.pythonpath}
+
+    # --- waiting ------------------------------------------------------------------------
+
+    def wait(self, what: str, check: Any, timeout: float = 90.0, interval: float = 0.2) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                value = check()
+                if value:
+                    return value
+            if time.monotonic() > deadline:
+                tail = "\n".join(f"--- {n}\n{a.log[-2500:]}" for n, a in self.agents.items())
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+            time.sleep(interval)
+
+    def members(self) -> list[dict[str, Any]]:
+        for a in self.agents.values():
+            if a.proc is None or a.proc.poll() is not None:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                _, got = a.get("/cluster")
+                return list(got.get("members", []))
+        return []
+
+    def leader(self) -> str | None:
+        """The member holding Patroni's leader key whose PostgreSQL accepts writes (promotion finished)."""
+        name = next((m["name"] for m in self.members() if m.get("role") == "leader"), None)
+        if name is None or name not in self.agents:
+            return None
+        try:
+            with psycopg.connect(self.agents[name].dsn, autocommit=True, connect_timeout=2) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        except psycopg.Error:
+            return None
+        return name if row is not None and not row[0] else None
+
+    def wait_leader(self, timeout: float = 90.0, *, not_: str | None = None) -> str:
+        return str(self.wait("a running leader", lambda: (lead := self.leader()) and lead != not_ and lead, timeout))
+
+    def streaming(self, names: list[str]) -> bool:
+        states = {m["name"]: m.get("state") for m in self.members()}
+        return all(states.get(n) == "streaming" for n in names)
+
+    def wait_streaming(self, names: list[str], timeout: float = 90.0) -> None:
+        self.wait(f"{', '.join(names)} streaming", lambda: self.streaming(names), timeout)
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        """kill -9 of the node's Patroni agent and its PostgreSQL (postmaster and every child)."""
+        a = self.agents[name]
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()
+        pid = a.postmaster_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGSTOP)
+            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(child), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+
+    def pause_agent(self, name: str) -> None:
+        proc = self.agents[name].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+
+    def resume_agent(self, name: str) -> None:
+        proc = self.agents[name].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGCONT)
+
+    def wal_receiver(self, name: str) -> int | None:
+        """The pid of the node's WAL receiver process, if one runs."""
+        pid = self.agents[name].postmaster_pid()
+        if pid is None:
+            return None
+        for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+            with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"walreceiver" in f.read():
+                    return int(child)
+        return None
+
+    # --- tools ----------------------------------------------------------------------------
+
+    def patronictl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        a = next(iter(self.agents.values()))
+        return subprocess.run(
+            [PATRONICTL, "-c", os.path.join(a.conf_dir, "00-patroni.yml"), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+    def pgcohort(self, *args: str, node: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        a = self.agents[node] if node else next(iter(self.agents.values()))
+        env = {**self.sidecar_env(a), "PGCOHORT_ACTOR": "test"}
+        return subprocess.run(
+            [PGCOHORT, *args, "--config", a.pgcohort_config], capture_output=True, text=True, env=env, check=check
+        )
+
+    def gate_as_patroni(self, name: str) -> subprocess.CompletedProcess[str]:
+        """Run the pre_promote command exactly as Patroni would: as postgres, no arguments added, bare env."""
+        a = self.agents[name]
+        uid, gid = _pg_ids()
+        return subprocess.run(
+            [PGCOHORT, "gate", "--config", a.pgcohort_config],
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": self.pythonpath, "HOME": a.home},
+            cwd=a.home,
+            capture_output=True,
+            text=True,
+        )
+
+    def close(self) -> None:
+        for a in self.agents.values():
+            if a.sidecar is not None:
+                a.sidecar.kill()
+        for name in list(self.agents):
+            with contextlib.suppress(OSError):
+                self.kill(name)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+if __name__ == "__main__":  # a quick look: python -m tests.patroni
+    etcd = EtcdCluster(3).start()
+    pc = PatroniCluster(etcd, "look")
+    try:
+        for n in ("pg0", "pg1", "pg2"):
+            pc.add(n, sidecar=False)
+        print("leader", pc.wait_leader())
+        pc.wait_streaming(["pg1", "pg2"])
+        print(pc.patronictl("list").stdout)
+    finally:
+        pc.close()
+        etcd.close()
+        sys.exit(0)
