@@ -282,6 +282,8 @@ class PostgresNode:
             )
         ((conninfo,),) = self._query("read primary_conninfo", "SELECT current_setting('primary_conninfo')")
         if conninfo:
+            # ALTER SYSTEM accepts a custom (dotted) parameter only once the session knows its placeholder.
+            self._query("declare pgcohort.primary_conninfo", "SET pgcohort.primary_conninfo = ''")
             self._query(
                 "keep the previous primary_conninfo",
                 sql.SQL("ALTER SYSTEM SET pgcohort.primary_conninfo = {}").format(sql.Literal(conninfo)),
@@ -315,7 +317,9 @@ class PostgresNode:
             "set primary_conninfo",
             sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(make_conninfo("", **params))),
         )
-        self._query("forget the kept primary_conninfo", "ALTER SYSTEM RESET pgcohort.primary_conninfo")
+        if kept:
+            self._query("declare pgcohort.primary_conninfo", "SET pgcohort.primary_conninfo = ''")
+            self._query("forget the kept primary_conninfo", "ALTER SYSTEM RESET pgcohort.primary_conninfo")
         self._query("reload", "SELECT pg_reload_conf()")
 
     def set_eligible(self, eligible: bool) -> bool:

@@ -68,3 +68,32 @@ def test_refused_failover_then_the_recorded_override(stack: Stack) -> None:
     assert [t.forced != "" for _, t in st.store().term_history()] == [False, True]  # the audit log says so
     assert not in_recovery(st, term.primary)
     assert 1 in ledger_ids(st.pg.nodes[term.primary].dsn)
+
+
+def test_after_a_failover_the_survivors_follow_the_new_primary_and_commits_are_acknowledged(stack: Stack) -> None:
+    """Without the repoint, the new primary's `ANY 1 (...)` would wait forever for standbys
+    the survey revoked."""
+    import psycopg
+
+    st = stack
+    assert acked_write(st.pg.nodes["pg0"].dsn, 1)
+    st.sidecars["pg0"].kill()
+    st.pg.crash(st.pg.nodes["pg0"])
+    out = pgcohort(st, "failover")
+    assert out.returncode == 0, out.stderr
+    new = st.store().read_both()[1].term.primary
+    survivors = sorted({"pg1", "pg2", "pg3"} - {new})
+    assert f"following {new} again: {', '.join(survivors)}" in out.stdout, out.stdout
+
+    def streaming_from_new() -> bool:
+        with psycopg.connect(st.pg.nodes[new].dsn, autocommit=True) as conn:
+            rows = conn.execute("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'").fetchall()
+        return sorted(r[0] for r in rows) == survivors
+
+    st.wait("the survivors streaming from the new primary", streaming_from_new, 30)
+    st.wait("the new primary's own rule applied", lambda: acked_write(st.pg.nodes[new].dsn, 2, timeout=5), 40)
+    for name in survivors:
+        with psycopg.connect(st.pg.nodes[name].dsn, autocommit=True) as conn:
+            kept = conn.execute("SELECT count(*) FROM pg_file_settings WHERE name = 'pgcohort.primary_conninfo'")
+            row = kept.fetchone()
+            assert row is not None and row[0] == 0, f"{name} still keeps the revoked conninfo"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -297,3 +299,58 @@ def test_the_gate_never_silently_unprotects_an_unmanaged_or_misnamed_cluster(
 def rewrite(path: str, doc: dict[str, Any]) -> None:
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)
+
+
+# --- what pgcohort adds to Patroni's own quorum mode ---------------------------------------------
+
+
+def test_what_pgcohort_adds_to_patroni_explicit_cohort_cross_zone_and_a_shared_record(
+    etcd3: EtcdCluster, patroni: PatroniCluster
+) -> None:
+    """Patroni's quorum mode admits any streaming standby by itself and has no zone policy.
+    With pgcohort: a standby joins only by a committed, audited decision; `cross-zone`
+    makes every commit wait for the other zone; and the cohort is one record any tool reads."""
+    leader = start(patroni, ("pg0", "pg1", "pg2"))  # pg0, pg1 in zone-a; pg2 in zone-b
+    assert leader == "pg0"
+    adopt(patroni, leader)
+    patroni.wait("the adopted setting", lambda: setting(patroni, "pg0") == "ANY 1 (pg1, pg2)", 30)
+
+    # 1. A streaming standby is not a member until a committed decision says so.
+    d = patroni.add("pg3", "zone-b")
+    patroni.wait_streaming(["pg3"])
+    patroni.wait("pg3 tagged nofailover", lambda: d.get("/patroni")[1].get("tags", {}).get("nofailover") is True, 30)
+    time.sleep(3)
+    assert setting(patroni, "pg0") == "ANY 1 (pg1, pg2)", "a standby joined the durability rule by itself"
+    patroni.pgcohort("add", f"pg3@127.0.0.1:{d.pg_port}/zone-b")
+    patroni.wait("pg3 in the rule", lambda: setting(patroni, "pg0") == "ANY 1 (pg1, pg2, pg3)", 30)
+    history = patroni.pgcohort("history").stdout
+    assert "add pg3" in history and "test" in history, history  # who decided, and when
+
+    # 2. cross-zone: every commit waits for an acknowledgement from the other zone.
+    patroni.wait("stable", lambda: "stable" in patroni.pgcohort("status").stdout, 30)
+    patroni.pgcohort("policy", "cross-zone")
+    patroni.wait("the cross-zone setting", lambda: setting(patroni, "pg0") == "ANY 1 (pg2, pg3)", 30)
+    cfg = etcd_kv(etcd3, f"/service/{patroni.scope}/config")
+    assert (
+        cfg is not None and cfg["json"]["postgresql"]["parameters"]["synchronous_standby_names"] == "ANY 1 (pg2, pg3)"
+    )
+    p = patroni.agents["pg0"].dsn
+    create_ledger(p)
+    other_zone = [patroni.wal_receiver(n) for n in ("pg2", "pg3")]
+    assert all(other_zone)
+    for pid in other_zone:
+        os.kill(pid or 0, signal.SIGSTOP)
+    try:
+        assert not acked_write(p, 1, timeout=2.0), "a commit was acknowledged by zone-a alone"
+    finally:
+        for pid in other_zone:
+            os.kill(pid or 0, signal.SIGCONT)
+    assert patroni.wait("write 2 acknowledged by zone-b", lambda: acked_write(p, 2, timeout=5.0), 20)
+
+    # 3. One membership record, shared with tools outside Patroni.
+    status = json.loads(patroni.pgcohort("status", "--json").stdout)
+    ruleset = etcd_kv(etcd3, f"/pgcohort/{patroni.scope}/ruleset")
+    assert ruleset is not None
+    names = sorted(m["name"] for m in ruleset["json"]["rule"]["cohort"])
+    assert names == ["pg0", "pg1", "pg2", "pg3"]
+    assert status["revision"] == int(ruleset["mod_revision"])
