@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from pgcohort import assembly, config, gate, protocol, report
+from pgcohort import __version__, assembly, config, gate, protocol, report
 from pgcohort.core import ruleset as core
 from pgcohort.core.rules import Rule, parse_member, parse_policy
 from pgcohort.errors import InvalidInputError, NotInitializedError, PgcohortError, RefusedError, exit_codes
@@ -260,13 +260,24 @@ def cmd_gate(args: argparse.Namespace) -> int:
         store.read_both()
     except NotInitializedError as e:
         return _unmanaged(cfg, store, candidate, e)
-    verdict = gate.pre_promote(
-        store,
-        assembly.connector(cfg),
-        candidate=candidate,
-        actor=assembly.actor(),
-        writer=protocol.new_writer(assembly.actor()),
-    )
+    verdict: gate.Outcome | str
+    if args.allow_data_loss:  # by hand: record a forced term; the HA manager's hook then sees it names the candidate
+        verdict = gate.gate(
+            store,
+            assembly.connector(cfg),
+            actor=assembly.actor(),
+            writer=protocol.new_writer(assembly.actor()),
+            candidate=candidate,
+            allow_data_loss=True,
+        )
+    else:
+        verdict = gate.pre_promote(
+            store,
+            assembly.connector(cfg),
+            candidate=candidate,
+            actor=assembly.actor(),
+            writer=protocol.new_writer(assembly.actor()),
+        )
     if isinstance(verdict, str):
         print(verdict)
     else:
@@ -345,6 +356,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="settings (YAML key, environment variable):\n" + config.describe() + "\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"pgcohort {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str, fn: Any) -> argparse.ArgumentParser:
@@ -431,12 +443,18 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add(
         "gate",
-        "for an HA manager's pre-promote hook: exit 0 only if the failover rule allows promoting the candidate and "
-        "the new term naming it is committed",
+        "for an HA manager's pre-promote hook (Patroni's pre_promote): exit 0 only if the candidate is the primary "
+        "the current term names, or the failover rule allows promoting it and the new term naming it is committed",
         cmd_gate,
     )
-    sp.add_argument("--candidate", help="the member about to be promoted (default: PGCOHORT_NODE_NAME)")
+    sp.add_argument("--candidate", help="the member about to be promoted (default: node.name)")
     sp.add_argument("--name", help=argparse.SUPPRESS)
+    sp.add_argument(
+        "--allow-data-loss",
+        action="store_true",
+        help="by hand, when too few members survive: record a forced term naming the candidate (then let the HA "
+        "manager promote it, e.g. `patronictl failover --candidate NAME`); recorded in the term and its history",
+    )
 
     sp = add("finalize", "end the joint phase by hand (normally the sidecar's step, after its barrier)", cmd_finalize)
     sp.add_argument(
