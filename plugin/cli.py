@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from pgcohort import __version__, assembly, config, gate, protocol, report
 from pgcohort.core import ruleset as core
+from pgcohort.core.failover import format_lsn
 from pgcohort.core.rules import Rule, parse_member, parse_policy
 from pgcohort.errors import InvalidInputError, NotInitializedError, PgcohortError, RefusedError, exit_codes
 from pgcohort.seams import Revision
@@ -168,12 +170,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    if args.terms:
+        return _term_history(args)
     entries = _store(args).history()
     if args.json:
         print(json.dumps([{"revision": rev, **core.to_record(rs)} for rev, rs in entries], indent=2))
         return 0
     rows = [[rs.version, rev, rs.phase, rs.show(), rs.reason, rs.changed_by, rs.changed_at] for rev, rs in entries]
     print(_table(["Version", "Revision", "Phase", "Rule", "Change", "By", "At"], rows))
+    return 0
+
+
+def _term_history(args: argparse.Namespace) -> int:
+    terms = _store(args).term_history()
+    if args.json:
+        print(json.dumps([{"revision": rev, **core.term_to_record(t)} for rev, t in terms], indent=2))
+        return 0
+    rows = [
+        [t.term, rev, t.primary, t.ruleset_revision or "-", format_lsn(t.lsn) if t.lsn is not None else "-",
+         t.decided_by, t.at, t.forced or "-"]
+        for rev, t in terms
+    ]  # fmt: skip
+    print(_table(["Term", "Revision", "Primary", "Ruleset rev", "LSN", "Decided by", "At", "Forced"], rows))
     return 0
 
 
@@ -260,13 +278,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
         store.read_both()
     except NotInitializedError as e:
         return _unmanaged(cfg, store, candidate, e)
+    actor = os.environ.get("PGCOHORT_ACTOR") or f"gate@{candidate}"  # under Patroni: no USER, no arguments
     verdict: gate.Outcome | str
     if args.allow_data_loss:  # by hand: record a forced term; the HA manager's hook then sees it names the candidate
         verdict = gate.gate(
             store,
             assembly.connector(cfg),
-            actor=assembly.actor(),
-            writer=protocol.new_writer(assembly.actor()),
+            actor=actor,
+            writer=protocol.new_writer(actor),
             candidate=candidate,
             allow_data_loss=True,
         )
@@ -275,8 +294,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
             store,
             assembly.connector(cfg),
             candidate=candidate,
-            actor=assembly.actor(),
-            writer=protocol.new_writer(assembly.actor()),
+            actor=actor,
+            writer=protocol.new_writer(actor),
         )
     if isinstance(verdict, str):
         print(verdict)
@@ -407,8 +426,9 @@ def parser() -> argparse.ArgumentParser:
     sp = add("status", "the committed ruleset, term and members, like `patronictl list`", cmd_status)
     sp.add_argument("--json", action="store_true")
 
-    sp = add("history", "every committed ruleset version (the audit log)", cmd_history)
+    sp = add("history", "every committed ruleset version (the audit log); --terms: every failover term", cmd_history)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--terms", action="store_true", help="the term history: who was promoted, when, decided by whom")
 
     sp = add("watch", "print each committed ruleset as it changes", cmd_watch)
     sp.add_argument("--since", type=int, metavar="REVISION", help="replay every change after this revision")

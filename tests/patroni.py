@@ -121,6 +121,7 @@ class PatroniCluster:
     retry_timeout: int = 5
     synchronous_mode: str = "off"
     dcs_parameters: dict[str, Any] = field(default_factory=dict)
+    actor: str = "test"  # who the pgcohort commands say decided (PGCOHORT_ACTOR)
     agents: dict[str, Agent] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -348,7 +349,7 @@ class PatroniCluster:
 
     def pgcohort(self, *args: str, node: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         a = self.agents[node] if node else next(iter(self.agents.values()))
-        env = {**self.sidecar_env(a), "PGCOHORT_ACTOR": "test"}
+        env = {**self.sidecar_env(a), "PGCOHORT_ACTOR": self.actor}
         return subprocess.run(
             [PGCOHORT, *args, "--config", a.pgcohort_config], capture_output=True, text=True, env=env, check=check
         )

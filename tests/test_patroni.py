@@ -227,6 +227,10 @@ def test_kill_of_the_primary_fails_over_through_the_gate_and_keeps_every_acknowl
     patroni.wait_streaming([survivor], 60)  # Patroni repointed it: nothing left behind by the gate
     assert sql_one(patroni.agents[survivor].dsn, "SELECT count(*) FROM pg_stat_wal_receiver") == 1
     assert auto_conf_setting(patroni, survivor) == 0
+    # The sidecar beside the new primary renders the rule for it, through Patroni's config.
+    want = f"ANY 1 ({', '.join(sorted({leader, survivor}))})"
+    patroni.wait("the new primary's rule", lambda: setting(patroni, new) == want, 30)
+    assert acked_write(patroni.agents[new].dsn, 10**6, timeout=10), "the new primary's commits are not acknowledged"
 
 
 # --- switchover, manual failover, restart of the primary's Patroni -----------------------------

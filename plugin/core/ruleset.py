@@ -301,8 +301,8 @@ class Term:
         return replace(self, term=self.term + 1, primary=primary, ruleset_revision=ruleset_revision, **kw)
 
 
-def encode_term(t: Term) -> bytes:
-    d = {
+def term_to_record(t: Term) -> dict[str, Any]:
+    return {
         "term": t.term,
         "primary": t.primary,
         "ruleset_revision": t.ruleset_revision,
@@ -312,7 +312,10 @@ def encode_term(t: Term) -> bytes:
         "writer": t.writer,
         "forced": t.forced,
     }
-    return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_term(t: Term) -> bytes:
+    return json.dumps(term_to_record(t), sort_keys=True, separators=(",", ":")).encode()
 
 
 def decode_term(raw: bytes, where: str) -> Term:
