@@ -14,11 +14,13 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from pgcohort import __version__, assembly, config, gate, protocol, report
 from pgcohort.core import ruleset as core
+from pgcohort.core.decision import GateDecision, Result
 from pgcohort.core.failover import format_lsn
 from pgcohort.core.rules import Rule, parse_member, parse_policy
 from pgcohort.errors import InvalidInputError, NotInitializedError, PgcohortError, RefusedError, exit_codes
@@ -274,34 +276,52 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not candidate:
         raise InvalidInputError("gate needs --candidate (or node.name in --config): the node about to be promoted")
     store = assembly.store(cfg)
+    started, term, reason = time.monotonic(), None, ""
+    result: Result = "refused"
     try:
-        store.read_both()
-    except NotInitializedError as e:
-        return _unmanaged(cfg, store, candidate, e)
-    actor = os.environ.get("PGCOHORT_ACTOR") or f"gate@{candidate}"  # under Patroni: no USER, no arguments
-    verdict: gate.Outcome | str
-    if args.allow_data_loss:  # by hand: record a forced term; the HA manager's hook then sees it names the candidate
-        verdict = gate.gate(
-            store,
-            assembly.connector(cfg),
-            actor=actor,
-            writer=protocol.new_writer(actor),
-            candidate=candidate,
-            allow_data_loss=True,
+        try:
+            store.read_both()
+        except NotInitializedError as e:
+            rc = _unmanaged(cfg, store, candidate, e)
+            result = "unmanaged"
+            return rc
+        actor = os.environ.get("PGCOHORT_ACTOR") or f"gate@{candidate}"  # under Patroni: no USER, no arguments
+        verdict: gate.Outcome | str
+        if args.allow_data_loss:  # by hand: a forced term; the HA manager's hook then sees it names the candidate
+            verdict = gate.gate(
+                store,
+                assembly.connector(cfg),
+                actor=actor,
+                writer=protocol.new_writer(actor),
+                candidate=candidate,
+                allow_data_loss=True,
+            )
+        else:
+            verdict = gate.pre_promote(
+                store, assembly.connector(cfg), candidate=candidate, actor=actor, writer=protocol.new_writer(actor)
+            )
+        if isinstance(verdict, str):
+            print(verdict)
+            result = "own-term"
+        else:
+            _report_gate(verdict, promoted=False)
+            result, term = ("forced" if verdict.term.forced else "allowed"), verdict.term.term
+        return 0
+    except PgcohortError as e:
+        reason = str(e).splitlines()[0][:300]
+        raise
+    finally:
+        _record_decision(
+            store, GateDecision(candidate, result, time.monotonic() - started, protocol.now(), term, reason)
         )
-    else:
-        verdict = gate.pre_promote(
-            store,
-            assembly.connector(cfg),
-            candidate=candidate,
-            actor=actor,
-            writer=protocol.new_writer(actor),
-        )
-    if isinstance(verdict, str):
-        print(verdict)
-    else:
-        _report_gate(verdict, promoted=False)
-    return 0
+
+
+def _record_decision(store: EtcdStore, d: GateDecision) -> None:
+    """Best effort: the decision is status for people and metrics; failing to record it changes nothing."""
+    try:
+        store.record_decision(d)
+    except PgcohortError as e:
+        print(f"pgcohort gate: the decision was not recorded ({e})", file=sys.stderr)
 
 
 def _unmanaged(cfg: config.Config, store: EtcdStore, candidate: str, missing: NotInitializedError) -> int:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from pgcohort.core.decision import RESULTS, GateDecision
 from pgcohort.core.ruleset import Ruleset
 from pgcohort.seams import StoreStats
 
@@ -78,6 +79,19 @@ class Metrics:
         )
         for result in ("proposed", "conflicted", "refused", "finalized"):
             self.changes.labels(result)
+        self.gate_decisions = Counter(
+            "pgcohort_gate_decisions",
+            "the gate's decisions on this node (Patroni's pre_promote, or `pgcohort gate`), by result",
+            ["result"],
+            registry=r,
+        )
+        for result in RESULTS:
+            self.gate_decisions.labels(result)
+        self.gate_seconds = _SetGauge(r, "pgcohort_gate_decision_seconds", "how long the gate's last decision took")
+        self.term = _SetGauge(r, "pgcohort_term", "the current failover term")
+        self.term_primary = Gauge(
+            "pgcohort_term_primary", "1 for the member the current term names as the primary", ["primary"], registry=r
+        )
         self.lag = Gauge("pgcohort_node_lag_bytes", "standby flush lag seen by the primary", ["member"], registry=r)
         self.etcd_seconds = Histogram(
             "pgcohort_etcd_request_seconds",
@@ -100,6 +114,15 @@ class Metrics:
         self.joint_seconds.set(joint_seconds if rs.phase == "joint" else 0)
         self.cohort_size.set(len(rs.rule.cohort))
         self.required_acks.set(rs.rule.acks())
+
+    def terms(self, term: int, primary: str) -> None:
+        self.term.set(term)
+        self.term_primary.clear()
+        self.term_primary.labels(primary).set(1)
+
+    def gate(self, d: GateDecision) -> None:
+        self.gate_decisions.labels(d.result).inc()
+        self.gate_seconds.set(d.seconds)
 
     def lags(self, lags: dict[str, int | None]) -> None:
         self.lag.clear()

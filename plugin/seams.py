@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import NewType, Protocol
 
+from pgcohort.core.decision import GateDecision
 from pgcohort.core.node import NodeRecord
 from pgcohort.core.rules import Member
 from pgcohort.core.ruleset import Ruleset, Term
@@ -131,6 +132,14 @@ class Store(Protocol):
 
     def registration(self, name: str, ttl: int) -> Registration:
         """This node's leased record, outliving a dead writer by at most ``ttl`` seconds."""
+        ...
+
+    def record_decision(self, d: GateDecision) -> None:
+        """Keep the gate's last decision for ``d.candidate`` (status for people and metrics)."""
+        ...
+
+    def decision(self, name: str) -> GateDecision | None:
+        """The gate's last decision for ``name``, if any parses."""
         ...
 
     def watch(self, since: Revision | None = None) -> Watch:

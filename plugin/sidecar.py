@@ -39,6 +39,7 @@ from pgcohort.metrics import Metrics
 from pgcohort.seams import Node, Observation, Revision, Snapshot, Store, View
 
 log = logging.getLogger("pgcohort.sidecar")
+GATE_READ_INTERVAL = 5.0  # seconds between reads of this node's gate decision (status, for metrics)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class Sidecar:
         self.stopping = threading.Event()
         self.registration = store.registration(settings.name, settings.ttl)
         self._published: tuple[NodeRecord, float] | None = None
+        self._decisions_read_at = -GATE_READ_INTERVAL
+        self._last_decision: str | None = None
+        self._started_at = protocol.now()
         self._watch = store.watch()
 
     # --- the watch --------------------------------------------------------------------
@@ -117,6 +121,7 @@ class Sidecar:
         except PgcohortError as e:
             etcd_error, refusal = str(e), s.refusal
         self._eligibility()
+        self._gate_decisions()
         try:
             self._publish(obs)
         except PgcohortError as e:
@@ -153,6 +158,7 @@ class Sidecar:
             s.committed, s.term_primary = snap, term.term.primary
             s.joint_seen_at = (s.joint_seen_at or now) if snap.ruleset.phase == "joint" else None
         self.metrics.ruleset(snap.ruleset, snap.revision, now - (s.joint_seen_at or now))
+        self.metrics.terms(term.term.term, term.term.primary)
         admit = self._admission(snap, obs, now) if obs is not None and obs.primary else None
         local = steps.Local(
             self.settings.name,
@@ -179,6 +185,21 @@ class Sidecar:
                     self._applied(snap.revision)  # the committed rule's setting is in force
                 return False
         return True
+
+    def _gate_decisions(self) -> None:
+        """Export the gate's decisions on this node (it runs in another process: Patroni's hook)."""
+        now = time.monotonic()
+        if now - self._decisions_read_at < GATE_READ_INTERVAL:
+            return
+        self._decisions_read_at = now
+        try:
+            d = self.store.decision(self.settings.name)
+        except PgcohortError:
+            return
+        if d is not None and d.at != self._last_decision:
+            if self._last_decision is not None or self._started_at <= d.at:  # not the ones from before we started
+                self.metrics.gate(d)
+            self._last_decision = d.at
 
     def _eligibility(self) -> None:
         """Tell the HA manager whether this node may be promoted: only a member counted by every active rule."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
+from pgcohort.core.decision import GateDecision
 from pgcohort.core.node import NodeRecord
 from pgcohort.core.rules import Member
 from pgcohort.core.ruleset import Ruleset, Term
@@ -59,6 +60,12 @@ class DelegatingStore:
 
     def registration(self, name: str, ttl: int) -> Registration:
         return self.store.registration(name, ttl)
+
+    def record_decision(self, d: GateDecision) -> None:
+        self.store.record_decision(d)
+
+    def decision(self, name: str) -> GateDecision | None:
+        return self.store.decision(name)
 
     def watch(self, since: Revision | None = None) -> Watch:
         return self.store.watch(since)

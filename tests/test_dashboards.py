@@ -8,23 +8,25 @@ import re
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from pgcohort import assembly, config, protocol
+from pgcohort import assembly, cli, config, protocol
 from pgcohort.core.rules import AnyK, Member, Rule
 from tests.conftest import make_store, need
+from tests.patroni import PATRONI, PatroniCluster
 from tests.pg import PgCluster
 from tests.servers import EtcdCluster
 
 HERE = pathlib.Path(__file__).parent.parent / "dashboards"
 
 
-def used_names() -> set[str]:
-    """Every pgcohort_* series the dashboard's panels and the alert rules query."""
+def used_names(prefix: str = "pgcohort") -> set[str]:
+    """Every ``<prefix>_*`` series the dashboard's panels and the alert rules query."""
     dash = json.loads((HERE / "grafana-pgcohort.json").read_text())
     text = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"]) + (HERE / "alerts.yml").read_text()
-    return set(re.findall(r"\bpgcohort_[a-z_]+", text))
+    return set(re.findall(rf"\b{prefix}_[a-z_]+", text))
 
 
 def samples(exposition: bytes) -> dict[str, float]:
@@ -62,6 +64,14 @@ def test_every_series_a_panel_or_alert_uses_is_set_by_real_sidecars(
             assert time.monotonic() < deadline, {n: c.health_problems() for n, c in cars.items()}
             time.sleep(0.1)
         cars["pg0"].tick()  # one more round, now that the standbys stream
+        # The gate, as an HA manager's hook would run it on pg1 while pg0 still leads: a veto,
+        # recorded under decisions/pg1, which pg1's sidecar exports.
+        gate_args = ["gate", "--candidate", "pg1", "--cluster", cluster_name, "--etcd", ",".join(etcd3.endpoints)]
+        assert cli.main(gate_args) == 3
+        deadline = time.monotonic() + 15
+        while samples(cars["pg1"].metrics.exposition()).get("pgcohort_gate_decision_seconds") is None:
+            assert time.monotonic() < deadline, "pg1's sidecar never exported the gate's decision"
+            time.sleep(0.2)
         exported = {name: samples(car.metrics.exposition()) for name, car in cars.items()}
     finally:
         for car in cars.values():
@@ -77,6 +87,28 @@ def test_every_series_a_panel_or_alert_uses_is_set_by_real_sidecars(
     assert exported["pg0"]["pgcohort_healthy"] == 1 and exported["pg0"]["pgcohort_fenced"] == 0
     assert exported["pg0"]["pgcohort_applied_revision"] == exported["pg0"]["pgcohort_ruleset_revision"]
     assert "pgcohort_applied_revision" not in exported["pg1"]  # a standby applies nothing: absent, not 0
+    assert exported["pg1"]["pgcohort_gate_decisions_total"] >= 0 and exported["pg0"]["pgcohort_term"] == 1
+
+
+@pytest.mark.patroni
+@pytest.mark.etcd
+def test_every_patroni_series_the_dashboard_uses_is_exported_by_a_real_patroni(etcd3: EtcdCluster) -> None:
+    need(PATRONI, "Patroni (bash scripts/setup installs it into the venv)")
+    pc = PatroniCluster(etcd3, f"dash-{time.monotonic_ns() % 10**6}")
+    try:
+        for name in ("pg0", "pg1"):
+            pc.add(name, sidecar=False)
+            if name == "pg0":
+                pc.wait_leader()
+        pc.wait_streaming(["pg1"])
+        names: set[str] = set()
+        for a in pc.agents.values():
+            with urllib.request.urlopen(a.api + "/metrics", timeout=5) as r:
+                names |= set(samples(r.read()))
+    finally:
+        pc.close()
+    missing = used_names("patroni") - names
+    assert not missing, f"the dashboard or alerts use Patroni series Patroni 4.x does not export: {sorted(missing)}"
 
 
 def test_alert_rules_pass_promtool() -> None:

@@ -9,7 +9,8 @@ Four units, as Patroni splits its etcd3 client from its DCS class:
 * :mod:`.patroni`   — Patroni's ``config`` key, written in one transaction with our ruleset's compare.
 
 Keys live under ``<prefix>/<cluster>/`` (never under Patroni's ``/service/``):
-``ruleset``, ``term``, ``history/<version>``, ``history/term-<n>``, ``nodes/<name>``.
+``ruleset``, ``term``, ``history/<version>``, ``history/term-<n>``, ``nodes/<name>``,
+``decisions/<name>``.
 Beside Patroni, one more key is read and written: Patroni's ``<namespace>/<scope>/config``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from pgcohort.core.decision import GateDecision
 from pgcohort.core.node import NodeRecord
 from pgcohort.core.ruleset import Ruleset, Term
 from pgcohort.errors import InvalidInputError
@@ -86,6 +88,12 @@ class EtcdStore:
 
     def registration(self, name: str, ttl: int = 10) -> NodeRegistration:
         return self.registry.registration(name, ttl)
+
+    def record_decision(self, d: GateDecision) -> None:
+        self.registry.record_decision(d)
+
+    def decision(self, name: str) -> GateDecision | None:
+        return self.registry.decision(name)
 
     # --- watching (pgcohort.store.watch) ---------------------------------------------------
 

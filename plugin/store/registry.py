@@ -1,4 +1,5 @@
-"""The node registry: each sidecar's leased status record under ``nodes/<name>``.
+"""The node registry: each sidecar's leased status record under ``nodes/<name>``, and the
+gate's last decision per node under ``decisions/<name>``.
 
 A record is status, not a decision, so it is written with a plain leased put (repeating
 it is harmless), not a compare-and-swap. The lease makes a dead sidecar's record vanish
@@ -8,7 +9,8 @@ resets TTLs), so nothing decides on a record's presence alone.
 
 from __future__ import annotations
 
-from pgcohort.core import node
+from pgcohort.core import decision, node
+from pgcohort.core.decision import GateDecision
 from pgcohort.core.node import NodeRecord
 from pgcohort.store.transport import Transport, b64, unb64
 
@@ -17,6 +19,7 @@ class NodeRegistry:
     def __init__(self, transport: Transport, root: str) -> None:
         self.transport = transport
         self.prefix = root + "nodes/"
+        self.decisions = root + "decisions/"
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -45,6 +48,14 @@ class NodeRegistry:
 
     def delete(self, name: str) -> None:
         self.transport.request("kv/deleterange", {"key": b64(self.key(name))})
+
+    def record_decision(self, d: GateDecision) -> None:
+        """Overwrite the gate's last decision for ``d.candidate`` (status: a plain put, no lease)."""
+        self.transport.request("kv/put", {"key": b64(self.decisions + d.candidate), "value": b64(decision.encode(d))})
+
+    def decision(self, name: str) -> GateDecision | None:
+        kvs, _ = self.transport.range(self.decisions + name)
+        return decision.decode(unb64(kvs[0].get("value", ""))) if kvs else None
 
 
 class NodeRegistration:
