@@ -31,7 +31,14 @@ from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.patroni import PATRONICTL, PGCOHORT, PatroniCluster  # noqa: E402  (the launcher the tests use)
+from tests.patroni import (  # noqa: E402  (the launcher the tests use; docker-compose.yml has the same topology)
+    DEMO_NODES,
+    DEMO_POLICY,
+    DEMO_SCOPE,
+    PATRONICTL,
+    PGCOHORT,
+    PatroniCluster,
+)
 from tests.race import acked_write, create_ledger, ledger_ids  # noqa: E402
 from tests.servers import EtcdCluster  # noqa: E402
 
@@ -160,10 +167,10 @@ def main() -> int:
         return 2
     say("Starting a 3-member etcd and a Patroni cluster: pg0, pg1 (zone-a) and pg2 (zone-b)")
     etcd = EtcdCluster(3).start()
-    pc = PatroniCluster(etcd, "demo", actor="sre@demo")
+    pc = PatroniCluster(etcd, DEMO_SCOPE, actor="sre@demo")
     demo = Demo(pc)
     try:
-        for name, zone in (("pg0", "zone-a"), ("pg1", "zone-a"), ("pg2", "zone-b")):
+        for name, zone in DEMO_NODES:
             pc.add(name, zone, sidecar=False)
             if name == "pg0":
                 demo.wait("pg0 to bootstrap and lead", lambda: pc.leader() == "pg0", 90)
@@ -176,7 +183,7 @@ def main() -> int:
 
         # 1 ---------------------------------------------------------------------------------
         say("1. Adopt the cluster: members and leader from Patroni, the setting into Patroni's config, one transaction")
-        demo.run("init", "--from-patroni", pc.agents["pg0"].api, "--policy", "any 1")
+        demo.run("init", "--from-patroni", pc.agents["pg0"].api, "--policy", DEMO_POLICY)
         demo.wait("the primary enforcing it", lambda: demo.setting("pg0") == "ANY 1 (pg1, pg2)", 30)
         time.sleep(1.0)
         note("every node's view of the ruleset:")

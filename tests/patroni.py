@@ -42,6 +42,12 @@ PATRONICTL = f"{VENV}/bin/patronictl"
 PGCOHORT = f"{VENV}/bin/pgcohort"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# The demo's topology (scripts/demo.py); docker-compose.yml describes the same (tests/test_compose.py).
+DEMO_SCOPE = "demo"
+DEMO_NODES = (("pg0", "zone-a"), ("pg1", "zone-a"), ("pg2", "zone-b"))
+DEMO_POLICY = "any 1"
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5  # loop_wait + 2 * retry_timeout <= ttl
+
 
 def patroni_available() -> bool:
     return os.path.exists(PATRONI) and os.path.exists(f"{PG_BIN}/postgres")
@@ -116,9 +122,9 @@ class PatroniCluster:
     etcd: EtcdCluster
     scope: str
     gate: bool = True
-    ttl: int = 20
-    loop_wait: int = 2
-    retry_timeout: int = 5
+    ttl: int = TTL
+    loop_wait: int = LOOP_WAIT
+    retry_timeout: int = RETRY_TIMEOUT
     synchronous_mode: str = "off"
     dcs_parameters: dict[str, Any] = field(default_factory=dict)
     actor: str = "test"  # who the pgcohort commands say decided (PGCOHORT_ACTOR)
@@ -161,61 +167,22 @@ class PatroniCluster:
         os.chmod(path, 0o644)
 
     def patroni_config(self, a: Agent) -> dict[str, Any]:
-        postgresql: dict[str, Any] = {
-            "listen": f"127.0.0.1:{a.pg_port}",
-            "connect_address": f"127.0.0.1:{a.pg_port}",
-            "data_dir": a.data_dir,
-            "bin_dir": PG_BIN,
-            "pgpass": os.path.join(a.home, "pgpass"),
-            "authentication": {
-                "replication": {"username": "replicator", "password": "rep-pass"},
-                "superuser": {"username": "postgres", "password": "postgres-pass"},
-                "rewind": {"username": "postgres", "password": "postgres-pass"},
+        return patroni_config(
+            self.scope,
+            a,
+            self.etcd.endpoints,
+            gate=self.gate,
+            dcs={
+                "ttl": self.ttl,
+                "loop_wait": self.loop_wait,
+                "retry_timeout": self.retry_timeout,
+                "synchronous_mode": self.synchronous_mode,
             },
-            "pg_hba": [
-                "local all all trust",
-                "host replication replicator 127.0.0.1/32 trust",
-                "host all all 127.0.0.1/32 trust",
-            ],
-            "parameters": {"unix_socket_directories": a.home},
-        }
-        if self.gate:
-            postgresql["pre_promote"] = f"{PGCOHORT} gate --config {a.pgcohort_config}"
-        return {
-            "scope": self.scope,
-            "namespace": "/service",
-            "name": a.name,
-            "log": {"level": "INFO"},
-            "restapi": {"listen": f"127.0.0.1:{a.rest_port}", "connect_address": f"127.0.0.1:{a.rest_port}"},
-            "etcd3": {"hosts": [e.removeprefix("http://") for e in self.etcd.endpoints]},
-            "bootstrap": {
-                "dcs": {
-                    "ttl": self.ttl,
-                    "loop_wait": self.loop_wait,
-                    "retry_timeout": self.retry_timeout,
-                    "maximum_lag_on_failover": 1048576,
-                    "synchronous_mode": self.synchronous_mode,
-                    "postgresql": {
-                        "use_pg_rewind": True,
-                        "use_slots": True,
-                        "parameters": {"wal_log_hints": "on", "fsync": "off", **self.dcs_parameters},
-                    },
-                },
-                "initdb": [{"encoding": "UTF8"}, "data-checksums"],
-            },
-            "postgresql": postgresql,
-            "tags": {"zone": a.zone},
-        }
+            parameters=self.dcs_parameters,
+        )
 
     def pgcohort_config(self, a: Agent) -> dict[str, Any]:
-        return {
-            "cluster": self.scope,
-            "etcd": {"endpoints": self.etcd.endpoints, "timeout": 1.0, "retry_for": 3.0},
-            "node": {"name": a.name, "zone": a.zone, "host": "127.0.0.1", "port": a.pg_port},
-            "postgres": {"dsn": a.dsn, "member_options": "user=postgres dbname=postgres connect_timeout=2"},
-            "sidecar": {"listen": f"127.0.0.1:{a.sidecar_port}", "interval": 0.5, "ttl": 3, "adapter": "patroni"},
-            "patroni": {"url": a.api, "config_dir": a.conf_dir},
-        }
+        return pgcohort_config(self.scope, a, self.etcd.endpoints)
 
     def start_agent(self, a: Agent) -> None:
         env = {
@@ -377,6 +344,77 @@ class PatroniCluster:
             with contextlib.suppress(OSError):
                 self.kill(name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def patroni_config(
+    scope: str,
+    a: Agent,
+    etcd_endpoints: list[str],
+    *,
+    gate: bool = True,
+    dcs: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Patroni's own file for node ``a`` (``conf.d/00-patroni.yml``)."""
+    postgresql: dict[str, Any] = {
+        "listen": f"127.0.0.1:{a.pg_port}",
+        "connect_address": f"127.0.0.1:{a.pg_port}",
+        "data_dir": a.data_dir,
+        "bin_dir": PG_BIN,
+        "pgpass": os.path.join(a.home, "pgpass"),
+        "authentication": {
+            "replication": {"username": "replicator", "password": "rep-pass"},
+            "superuser": {"username": "postgres", "password": "postgres-pass"},
+            "rewind": {"username": "postgres", "password": "postgres-pass"},
+        },
+        "pg_hba": [
+            "local all all trust",
+            "host replication replicator 127.0.0.1/32 trust",
+            "host all all 127.0.0.1/32 trust",
+        ],
+        "parameters": {"unix_socket_directories": a.home},
+    }
+    if gate:
+        postgresql["pre_promote"] = f"{PGCOHORT} gate --config {a.pgcohort_config}"
+    return {
+        "scope": scope,
+        "namespace": "/service",
+        "name": a.name,
+        "log": {"level": "INFO"},
+        "restapi": {"listen": f"127.0.0.1:{a.rest_port}", "connect_address": f"127.0.0.1:{a.rest_port}"},
+        "etcd3": {"hosts": [e.removeprefix("http://") for e in etcd_endpoints]},
+        "bootstrap": {
+            "dcs": {
+                "ttl": TTL,
+                "loop_wait": LOOP_WAIT,
+                "retry_timeout": RETRY_TIMEOUT,
+                "maximum_lag_on_failover": 1048576,
+                "synchronous_mode": "off",
+                **(dcs or {}),
+                "postgresql": {
+                    "use_pg_rewind": True,
+                    "use_slots": True,
+                    # fsync off: the tests' servers die by kill -9, never by power loss (the OS keeps the pages)
+                    "parameters": {"wal_log_hints": "on", "fsync": "off", **(parameters or {})},
+                },
+            },
+            "initdb": [{"encoding": "UTF8"}, "data-checksums"],
+        },
+        "postgresql": postgresql,
+        "tags": {"zone": a.zone},
+    }
+
+
+def pgcohort_config(scope: str, a: Agent, etcd_endpoints: list[str]) -> dict[str, Any]:
+    """The one pgcohort file of node ``a``: its sidecar and its gate (Patroni's pre_promote) read it."""
+    return {
+        "cluster": scope,
+        "etcd": {"endpoints": etcd_endpoints, "timeout": 1.0, "retry_for": 3.0},
+        "node": {"name": a.name, "zone": a.zone, "host": "127.0.0.1", "port": a.pg_port},
+        "postgres": {"dsn": a.dsn, "member_options": "user=postgres dbname=postgres connect_timeout=2"},
+        "sidecar": {"listen": f"127.0.0.1:{a.sidecar_port}", "interval": 0.5, "ttl": 3, "adapter": "patroni"},
+        "patroni": {"url": a.api, "config_dir": a.conf_dir},
+    }
 
 
 if __name__ == "__main__":  # a quick look: python -m tests.patroni
