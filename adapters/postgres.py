@@ -288,6 +288,8 @@ class PostgresNode:
                 "keep the previous primary_conninfo",
                 sql.SQL("ALTER SYSTEM SET pgcohort.primary_conninfo = {}").format(sql.Literal(conninfo)),
             )
+            # Drop the session's own value, or this session would keep reading '' after the reload.
+            self._query("undeclare pgcohort.primary_conninfo", "RESET pgcohort.primary_conninfo")
         self._query("revoke (clear primary_conninfo)", "ALTER SYSTEM SET primary_conninfo = ''")
         self._query("reload", "SELECT pg_reload_conf()")
         deadline = time.monotonic() + timeout
@@ -320,6 +322,7 @@ class PostgresNode:
         if kept:
             self._query("declare pgcohort.primary_conninfo", "SET pgcohort.primary_conninfo = ''")
             self._query("forget the kept primary_conninfo", "ALTER SYSTEM RESET pgcohort.primary_conninfo")
+            self._query("undeclare pgcohort.primary_conninfo", "RESET pgcohort.primary_conninfo")
         self._query("reload", "SELECT pg_reload_conf()")
 
     def set_eligible(self, eligible: bool) -> bool:

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from pgcohort.adapters.postgres import PostgresNode
+from pgcohort.core.rules import Member
 from pgcohort.core.steps import Desired
 from pgcohort.errors import BarrierPendingError, NotStandbyError, PostgresUnreachableError
 from tests.pg import PgCluster
@@ -122,6 +123,23 @@ def test_revoke_stops_receiving_and_reports_position(pg: PgCluster, connect: Cal
     assert standby.observe().lsn == position  # nothing more arrives after revoke
     standby.promote()
     assert standby.observe().primary
+
+
+def test_follow_undoes_a_revoke_in_the_same_session(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
+    """What a fault schedule does (cut, then reconnect) and what the gate's repoint does after a promotion."""
+    standby = connect("pg1")
+    standby.revoke()
+    assert not standby.observe().receiving
+    standby.follow(Member("pg0", "127.0.0.1", pg.nodes["pg0"].port, "z"))
+    deadline = time.monotonic() + 20
+    while not standby.observe().receiving:
+        assert time.monotonic() < deadline, "pg1 did not stream again"
+        time.sleep(0.1)
+    with psycopg.connect(pg.nodes["pg1"].dsn, autocommit=True) as conn:
+        kept = conn.execute("SELECT current_setting('pgcohort.primary_conninfo', true)").fetchone()
+        conninfo = conn.execute("SHOW primary_conninfo").fetchone()
+    assert kept is not None and not kept[0], "the kept conninfo was not removed"
+    assert conninfo is not None and "application_name=pg1" in conninfo[0], conninfo
 
 
 def test_revoke_refuses_a_primary(pg: PgCluster, connect: Callable[..., PostgresNode]) -> None:
