@@ -52,9 +52,9 @@ def acked_write(dsn: str, id_: int, *, timeout: float = 5.0) -> bool:
         except psycopg.Error:
             pass
         finally:
-            if "ok" in result:
-                conn.close()
-            # a commit still waiting keeps its connection: closing it could not make it durable
+            # Reached only once the commit returned or failed: a commit still waiting keeps its
+            # connection (and this thread) until the server answers or dies.
+            conn.close()
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
