@@ -63,6 +63,7 @@ class Bound:
     restarts: int = 1  # sidecar restarts
     crashes: int = 1  # primary crashes
     standby_crashes: int = 1  # standbys that die (unreachable from then on)
+    reads: int = 2  # views each orchestrator reads
     change: str = "add"  # which change orchestrator 0 may propose: add (c), remove (b) or policy (any 2)
 
 
@@ -89,6 +90,7 @@ class Orchestrator:
     prepared: core.Ruleset | None = None  # a proposal computed from the view, not yet committed
     survey: tuple[tuple[str, int], ...] | None = None  # revoked members and their positions
     elected: tuple[int, str] | None = None  # a committed term (number, candidate) not yet promoted
+    reads: int = 0  # views read so far (bounded by Bound.reads)
 
 
 @dataclass(frozen=True)
@@ -218,11 +220,11 @@ class Checker:
                     yield f"{n} is repointed to {lead}{rewound}", replace(s, nodes=_set(s.nodes, n, new))
             elif node.streaming:
                 if up.alive and up.log[: len(node.log)] == node.log and len(up.log) > len(node.log):
-                    new = replace(node, log=up.log[: len(node.log) + 1])
-                    yield (
-                        f"{n} receives entry {up.log[len(node.log)]} from {node.upstream}",
-                        replace(s, nodes=_set(s.nodes, n, new)),
-                    )
+                    # Everything the upstream has, at once: WAL arrives in order, and a standby
+                    # that stops midway is the same as one that stopped before the last entries.
+                    new = replace(node, log=up.log)
+                    got = ", ".join(str(e) for e in up.log[len(node.log) :])
+                    yield f"{n} receives entries {got} from {node.upstream}", replace(s, nodes=_set(s.nodes, n, new))
                 yield f"{n} stops receiving", replace(s, nodes=_set(s.nodes, n, replace(node, streaming=False)))
             elif up.alive:
                 yield (
@@ -296,10 +298,10 @@ class Checker:
     def orchestrators(self, s: State) -> Iterator[tuple[str, State]]:
         for i, o in enumerate(s.orchs):
             view = (s.rs, s.rs_rev, s.term, s.term_primary, s.term_rev)
-            if o.view != view and o.elected is None:
+            if o.view != view and o.elected is None and o.reads < self.bound.reads:
                 yield (
                     f"orchestrator {i} reads revision {s.rs_rev}, term {s.term}",
-                    self._orch(s, i, Orchestrator(view=view)),
+                    self._orch(s, i, Orchestrator(view=view, reads=o.reads + 1)),
                 )
             if o.view is None:
                 continue
@@ -322,7 +324,7 @@ class Checker:
                     yield (
                         f"orchestrator {i} commits {o.prepared.show()} at revision {rev}",
                         replace(
-                            self._orch(s, i, Orchestrator()),
+                            self._orch(s, i, Orchestrator(reads=o.reads)),
                             rs=o.prepared,
                             rs_rev=rev,
                             rev=rev,
@@ -330,7 +332,7 @@ class Checker:
                         ),
                     )
                 else:
-                    yield f"orchestrator {i}'s commit conflicts", self._orch(s, i, Orchestrator())
+                    yield f"orchestrator {i}'s commit conflicts", self._orch(s, i, Orchestrator(reads=o.reads))
             # fail over: survey, decide, term, promote
             if s.failovers < self.bound.failovers and o.prepared is None:
                 if o.survey is None and o.elected is None:
@@ -348,7 +350,10 @@ class Checker:
                                 term=term + 1, term_primary=decision.candidate, term_rev=rev, rev=rev,
                             )  # fmt: skip
                         else:
-                            yield f"orchestrator {i}'s term write conflicts", self._orch(s, i, Orchestrator())
+                            yield (
+                                f"orchestrator {i}'s term write conflicts",
+                                self._orch(s, i, Orchestrator(reads=o.reads)),
+                            )
                 elif o.elected is not None:
                     yield from self.promote(s, i, o.elected)
 
@@ -390,7 +395,7 @@ class Checker:
         yield (
             f"orchestrator {i} promotes {name} (term {term})",
             replace(
-                self._orch(s, i, Orchestrator()),
+                self._orch(s, i, Orchestrator(reads=s.orchs[i].reads)),
                 nodes=nodes,
                 promotions=s.promotions + ((term, name),),
                 failovers=s.failovers + 1,
