@@ -60,15 +60,6 @@ NOFAILOVER = (
 )
 
 
-class DynamicConfig(Protocol):
-    """Patroni's dynamic configuration as the store read it (:class:`pgcohort.store.patroni.DynamicConfig`)."""
-
-    @property
-    def setting(self) -> str | None: ...
-
-    def sync_mode_problem(self) -> str | None: ...
-
-
 class ConfigKey(Protocol):
     """Patroni's ``config`` key in etcd (:class:`pgcohort.store.patroni.PatroniConfigKey`)."""
 
@@ -182,12 +173,6 @@ class PatroniNode:
     def observe(self) -> Observation:
         return self.pg.observe()
 
-    def check_config(self) -> None:
-        """Refuse (RefusedError) while Patroni's own sync mode owns the setting."""
-        problem = self._config_key().read().sync_mode_problem()
-        if problem:
-            raise RefusedError(problem)
-
     def _config_key(self) -> ConfigKey:
         if self.config_key is None:
             raise InvalidInputError("internal: this PatroniNode was built to survey, not to write the setting")
@@ -207,9 +192,6 @@ class PatroniNode:
 
     def wait_in_force(self, desired: Desired, *, timeout: float) -> None:
         self.pg.wait_in_force(desired, timeout=timeout)
-
-    def in_force(self, desired: Desired) -> bool:
-        return self.pg.in_force(desired)
 
     def barrier(self, revision: int, *, timeout: float) -> int:
         return self.pg.barrier(revision, timeout=timeout)

@@ -24,7 +24,6 @@ import argparse
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -315,13 +314,7 @@ def main() -> int:
 
 
 def _stable(demo: Demo) -> bool:
-    out = subprocess.run(
-        [PGCOHORT, "status", "--json", "--config", demo.pc.agents["pg1"].pgcohort_config],
-        capture_output=True,
-        text=True,
-        env=demo.pc.sidecar_env(demo.pc.agents["pg1"]),
-    ).stdout
-    return '"phase": "stable"' in out
+    return '"phase": "stable"' in demo.pc.pgcohort("status", "--json", node="pg1", check=False).stdout
 
 
 if __name__ == "__main__":

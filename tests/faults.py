@@ -30,7 +30,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -45,7 +44,7 @@ from pgcohort.core import ruleset as core
 from pgcohort.core import steps
 from pgcohort.core.rules import AnyK
 from pgcohort.errors import InvalidInputError, PgcohortError, RefusedError
-from tests.race import acked_write, connect, create_ledger, ledger_ids, naive_failover
+from tests.race import Writer, connect, create_ledger, ledger_ids, naive_failover
 from tests.servers import EtcdCluster
 from tests.stack import Stack
 
@@ -63,29 +62,6 @@ class Result:
         outcome = f"promoted {self.promoted}" if self.promoted else f"refused ({self.refused[:80]})"
         where = "fixed" if self.seed is None else f"seed {self.seed:>5}"
         return f"{where}: {self.acknowledged:>4} acked, {self.lost} lost, {outcome}; {', '.join(self.events)}"
-
-
-class Writer:
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.acked: set[int] = set()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            i += 1
-            if acked_write(self.dsn, i, timeout=2.0):
-                self.acked.add(i)
-            else:
-                time.sleep(0.05)
-
-    def halt(self) -> set[int]:
-        self.stop.set()
-        self.thread.join(5)
-        return set(self.acked)
 
 
 def heal_etcd(etcd: EtcdCluster) -> None:

@@ -15,7 +15,6 @@ checkout the ``postgres`` user may not be able to read.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import shutil
@@ -24,17 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import yaml
 
-from tests.pg import PG_BIN, _pg_ids
+from tests.pg import PG_BIN, _pg_ids, kill_postmaster
 from tests.servers import EtcdCluster, free_ports
-from tests.stack import SidecarProcess
+from tests.stack import SidecarProcess, http_get
 
 VENV = os.environ.get("PGCOHORT_VENV", "/opt/pgcohort/venv")
 PATRONI = f"{VENV}/bin/patroni"
@@ -47,10 +44,6 @@ DEMO_SCOPE = "demo"
 DEMO_NODES = (("pg0", "zone-a"), ("pg1", "zone-a"), ("pg2", "zone-b"))
 DEMO_POLICY = "any 1"
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5  # loop_wait + 2 * retry_timeout <= ttl
-
-
-def patroni_available() -> bool:
-    return os.path.exists(PATRONI) and os.path.exists(f"{PG_BIN}/postgres")
 
 
 @dataclass
@@ -108,11 +101,7 @@ class Agent:
         return pid
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(self.api + path, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+        return http_get(self.api + path, timeout)
 
 
 @dataclass
@@ -274,12 +263,7 @@ class PatroniCluster:
             a.proc.wait()
         pid = a.postmaster_pid()
         if pid is not None:
-            os.kill(pid, signal.SIGSTOP)
-            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-            for child in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(child), signal.SIGKILL)
-            os.kill(pid, signal.SIGKILL)
+            kill_postmaster(pid)
 
     def pause_agent(self, name: str) -> None:
         proc = self.agents[name].proc

@@ -175,13 +175,7 @@ class PgCluster:
         if not node.running:
             return
         assert node.proc is not None
-        pid = node.proc.pid
-        os.kill(pid, signal.SIGSTOP)
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(child), signal.SIGKILL)
-        os.kill(pid, signal.SIGKILL)
+        kill_postmaster(node.proc.pid)
         node.proc.wait()
 
     def stop(self, node: PgNode) -> None:
@@ -198,6 +192,16 @@ class PgCluster:
             if node.running:
                 self.crash(node)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def kill_postmaster(pid: int) -> None:
+    """kill -9 of a postmaster and every child it has, with no chance to clean up (it is stopped first)."""
+    os.kill(pid, signal.SIGSTOP)
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
 
 
 def pg_available() -> bool:

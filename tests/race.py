@@ -4,6 +4,7 @@ orchestrator (written for the tests, the unsafe path), and a store view frozen i
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -60,6 +61,31 @@ def acked_write(dsn: str, id_: int, *, timeout: float = 5.0) -> bool:
     t.start()
     t.join(timeout)
     return bool(result.get("ok"))
+
+
+class Writer:
+    """Acknowledged writes to one primary from a thread, recorded by id, until :meth:`halt`."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.acked: set[int] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            if acked_write(self.dsn, i, timeout=2.0):
+                self.acked.add(i)
+            else:
+                time.sleep(0.05)
+
+    def halt(self) -> set[int]:
+        self.stop.set()
+        self.thread.join(5)
+        return set(self.acked)
 
 
 def ledger_ids(dsn: str) -> set[int]:

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import signal
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import yaml
 from tests.conftest import need
 from tests.patroni import PATRONI, PatroniCluster
 from tests.pg import PG_BIN
-from tests.race import acked_write, create_ledger, ledger_ids
+from tests.race import Writer, acked_write, create_ledger, ledger_ids
 from tests.servers import EtcdCluster
 
 pytestmark = [pytest.mark.patroni, pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
@@ -92,29 +91,6 @@ def start(pc: PatroniCluster, names: tuple[str, ...], *, sidecars: bool = True) 
 def adopt(pc: PatroniCluster, leader: str, policy: str = "any 1") -> str:
     done = pc.pgcohort("init", "--from-patroni", pc.agents[leader].api, "--policy", policy)
     return done.stdout
-
-
-class Writer:
-    """Acknowledged writes to whoever is the primary now, recorded by id."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn, self.acked, self.stop = dsn, set[int](), threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            i += 1
-            if acked_write(self.dsn, i, timeout=2.0):
-                self.acked.add(i)
-            else:
-                time.sleep(0.05)
-
-    def halt(self) -> set[int]:
-        self.stop.set()
-        self.thread.join(5)
-        return set(self.acked)
 
 
 # --- adoption, refusal beside Patroni's own sync mode ---------------------------------------
