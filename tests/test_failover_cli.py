@@ -97,3 +97,15 @@ def test_after_a_failover_the_survivors_follow_the_new_primary_and_commits_are_a
             kept = conn.execute("SELECT count(*) FROM pg_file_settings WHERE name = 'pgcohort.primary_conninfo'")
             row = kept.fetchone()
             assert row is not None and row[0] == 0, f"{name} still keeps the revoked conninfo"
+
+
+def test_the_pre_promote_gate_vetoes_while_the_old_primary_still_runs(stack: Stack) -> None:
+    """An HA manager's hook asking to promote pg1 while pg0 still accepts writes: pg0 is not
+    fenced, so pg1 could miss what pg0 acknowledges next. Vetoed, and no term is written."""
+    st = stack
+    term_before = st.store().read_both()[1]
+    out = pgcohort(st, "gate", "--candidate", "pg1")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "pg0, the primary of term 1, still runs as a primary" in out.stderr and "not fenced" in out.stderr
+    assert st.store().read_both()[1] == term_before
+    assert in_recovery(st, "pg1")

@@ -130,4 +130,12 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/test_faults.py::test_a_failover_in_the_joint_phase_keeps_every_write[a second primary beside the old one]",
         ),
     ),
+    Mutation(
+        "unfenced-old-primary",
+        "the pre-promote gate vetoes while the old primary still answers as a primary",
+        "plugin/gate.py",
+        "        if seen is not None and seen.primary:",
+        "        if False:  # MUTATION: the old primary is not probed",
+        ("tests/test_failover_cli.py::test_the_pre_promote_gate_vetoes_while_the_old_primary_still_runs",),
+    ),
 )
