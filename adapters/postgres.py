@@ -78,8 +78,14 @@ def _translated(what: str, dsn: str) -> Iterator[None]:
 
 
 def _where(dsn: str) -> str:
-    parts = dict(p.split("=", 1) for p in dsn.split() if "=" in p)
-    return f"{parts.get('host', 'local')}:{parts.get('port', '5432')}"
+    """host:port (or the service name) of a DSN, for messages: never its password or other options."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "the configured server (its DSN does not parse)"
+    if parts.get("service") and not parts.get("host"):
+        return f"service {parts['service']}"
+    return f"{parts.get('host') or 'local'}:{parts.get('port') or '5432'}"
 
 
 class PostgresNode:

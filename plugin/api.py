@@ -1,8 +1,16 @@
-"""The sidecar's HTTP endpoints: thin handlers, one per path, each saying what it returns."""
+"""The sidecar's HTTP endpoints: thin handlers, one per path, each saying what it returns.
+
+Read-only: GET only (any other method is 405), and nothing here changes the ruleset. It
+listens on 127.0.0.1 unless ``sidecar.listen`` says otherwise; with ``sidecar.tls_cert`` it
+serves HTTPS, and with ``sidecar.tls_client_ca`` it requires a client certificate.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import ssl
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,6 +29,21 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"no such path {self.path}; try /health, /ruleset or /metrics"})
             return
         handler()
+
+    def _read_only(self) -> None:
+        try:  # drain a small body first: closing with unread data resets the connection before the answer
+            length = min(int(self.headers.get("Content-Length") or 0), 65536)
+        except ValueError:
+            length = 0
+        if length > 0:
+            self.rfile.read(length)
+        self.close_connection = True
+        self.send_response(405)
+        self.send_header("Allow", "GET")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _read_only  # http.server's naming
 
     def get_health(self) -> None:
         """200 when etcd is reachable and this node agrees with the committed ruleset; else 503 with why."""
@@ -81,8 +104,41 @@ class Handler(BaseHTTPRequestHandler):
         pass  # scrapes and probes would flood the log
 
 
-def serve(sidecar: Sidecar, host: str, port: int) -> ThreadingHTTPServer:
+log = logging.getLogger("pgcohort.api")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the connection's own thread: the TLS handshake (a slow client never blocks accepting)."""
+        if self.tls is not None:
+            request.settimeout(5.0)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as e:
+                log.info("TLS handshake with %s failed: %s", client_address[0], e)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.info("HTTP request from %s failed", client_address[0], exc_info=True)
+
+
+def tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def serve(sidecar: Sidecar, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"sidecar": sidecar})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("BoundServer", (_Server,), {"address_family": family, "tls": tls})
+    server: ThreadingHTTPServer = server_class((host, port), handler)
     return server

@@ -19,7 +19,7 @@ from pgcohort.config import Config, adapter
 from pgcohort.core.rules import Member
 from pgcohort.errors import NotInitializedError, RefusedError
 from pgcohort.seams import Node
-from pgcohort.store import EtcdStore
+from pgcohort.store import EtcdStore, Security
 from pgcohort.store.patroni import PatroniConfigKey
 
 if TYPE_CHECKING:
@@ -38,8 +38,14 @@ def store(cfg: Config, **kw: Any) -> EtcdStore:
         prefix=cfg["etcd.prefix"],
         timeout=cfg["etcd.timeout"],
         retry_for=cfg["etcd.retry_for"],
-        user=cfg["etcd.user"],
-        password=cfg["etcd.password"],
+        security=Security(
+            user=cfg["etcd.user"],
+            password=cfg["etcd.password"],
+            password_file=cfg["etcd.password_file"],
+            cacert=cfg["etcd.cacert"],
+            cert=cfg["etcd.cert"],
+            key=cfg["etcd.key"],
+        ),
         **kw,
     )
 

@@ -197,6 +197,14 @@ def _term_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    actor = assembly.actor()
+    done = _store(args).restore(actor=actor, writer=protocol.new_writer(actor), now=protocol.now())
+    for what in done:
+        print(f"restored {what}")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     watch = _store(args).watch(since=Revision(args.since) if args.since is not None else None)
     seen = 0
@@ -230,15 +238,26 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     car = assembly.sidecar(cfg)
     host, _, port = cfg["sidecar.listen"].rpartition(":")
     try:
-        server = api.serve(car, host or "127.0.0.1", int(port))
+        tls = (
+            api.tls_context(cfg["sidecar.tls_cert"], cfg["sidecar.tls_key"], cfg["sidecar.tls_client_ca"])
+            if cfg["sidecar.tls_cert"]
+            else None
+        )
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        raise InvalidInputError(
+            f"cannot use sidecar.tls_cert/tls_key/tls_client_ca: {e}; nothing was started"
+        ) from None
+    try:
+        server = api.serve(car, host.strip("[]") or "127.0.0.1", int(port), tls=tls)
     except (OSError, ValueError) as e:
         raise InvalidInputError(f"cannot listen on {cfg['sidecar.listen']!r}: {e}") from None
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     leaving = threading.Event()
     sidecar.install_signal_handlers(car, leaving)
     logging.info(
-        "sidecar for %s: http://%s/health, etcd %s",
+        "sidecar for %s: %s://%s/health, etcd %s",
         car.settings.name,
+        "https" if tls else "http",
         cfg["sidecar.listen"],
         ", ".join(cfg["etcd.endpoints"]),
     )
@@ -494,6 +513,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="by hand, when too few members survive: record a forced term naming the candidate (then let the HA "
         "manager promote it, e.g. `patronictl failover --candidate NAME`); recorded in the term and its history",
+    )
+
+    add(
+        "restore",
+        "after a record in etcd was found invalid (exit 7): commit its newest valid history entry again, as the "
+        "next version, with one CAS; refused while the ruleset and term are valid",
+        cmd_restore,
     )
 
     sp = add("finalize", "end the joint phase by hand (normally the sidecar's step, after its barrier)", cmd_finalize)

@@ -26,6 +26,7 @@ class Setting:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    secret: bool = False  # never shown back in an error message
 
     @property
     def env(self) -> str:
@@ -43,7 +44,11 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(("etcd", "timeout"), float, 3.0, "seconds per etcd request"),
     Setting(("etcd", "retry_for"), float, 10.0, "seconds to keep retrying other endpoints"),
     Setting(("etcd", "user"), str, None, "etcd user (token auth); empty for none"),
-    Setting(("etcd", "password"), str, None, "etcd password"),
+    Setting(("etcd", "password"), str, None, "etcd password (environment or file only: there is no flag)", secret=True),
+    Setting(("etcd", "password_file"), str, None, "file holding the etcd password; re-read at each token renewal"),
+    Setting(("etcd", "cacert"), str, None, "CA bundle that signed etcd's server certificates (https endpoints)"),
+    Setting(("etcd", "cert"), str, None, "client certificate (PEM) for etcd's --client-cert-auth"),
+    Setting(("etcd", "key"), str, None, "the client certificate's private key (PEM)"),
     Setting(("node", "name"), str, None, "this node's member name (= its application_name); sidecar, leave"),
     Setting(("node", "zone"), str, "default", "this node's zone"),
     Setting(("node", "host"), str, "127.0.0.1", "address other members reach this node's PostgreSQL at"),
@@ -57,7 +62,10 @@ SCHEMA: tuple[Setting, ...] = (
         "user=postgres dbname=postgres connect_timeout=3",
         "libpq options for reaching other members (host and port come from the ruleset); failover, gate",
     ),
-    Setting(("sidecar", "listen"), str, "127.0.0.1:8010", "HOST:PORT of /health, /ruleset, /metrics"),
+    Setting(("sidecar", "listen"), str, "127.0.0.1:8010", "HOST:PORT of /health, /ruleset, /metrics (read-only)"),
+    Setting(("sidecar", "tls_cert"), str, None, "serve HTTPS with this certificate (PEM) instead of HTTP"),
+    Setting(("sidecar", "tls_key"), str, None, "the HTTPS certificate's private key (PEM)"),
+    Setting(("sidecar", "tls_client_ca"), str, None, "require HTTPS clients to show a certificate signed by this CA"),
     Setting(("sidecar", "interval"), float, 1.0, "seconds between checks (changes are acted on at once)"),
     Setting(("sidecar", "ttl"), int, 10, "seconds the nodes/<name> record outlives a dead sidecar"),
     Setting(("sidecar", "barrier_timeout"), float, 10.0, "seconds to wait for a barrier's acknowledgement"),
@@ -78,7 +86,13 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(("patroni", "scope"), str, None, "Patroni's scope (default: the cluster name)"),
     Setting(("patroni", "namespace"), str, "/service", "Patroni's namespace in etcd"),
     Setting(("patroni", "config_dir"), str, None, "Patroni's configuration directory, for the nofailover tags file"),
-    Setting(("patroni", "api_auth"), str, None, "USER:PASSWORD for Patroni's REST API (restapi.authentication)"),
+    Setting(
+        ("patroni", "api_auth"),
+        str,
+        None,
+        "USER:PASSWORD for Patroni's REST API (restapi.authentication)",
+        secret=True,
+    ),
     Setting(
         ("gate", "unmanaged"),
         str,
@@ -108,6 +122,11 @@ def adapter(cfg: Config) -> str:
 def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
     if raw is None:
         return None
+    if s.secret:
+        if not isinstance(raw, str) or not raw:
+            problems.append(f"{s.dotted} ({source}): expected non-empty text (value not shown)")
+            return None
+        return raw
     if s.kind is list:
         if isinstance(raw, str):
             raw = [p.strip() for p in raw.split(",") if p.strip()]
@@ -208,9 +227,46 @@ def load(
         if values.get(dotted) is None or values.get(dotted) == "":
             s = next(x for x in SCHEMA if x.dotted == dotted)
             problems.append(f"{dotted}: not set (use {s.env} or '{dotted}' in the config file)")
+    problems += _cross_checks(values)
     if problems:
         raise InvalidInputError("invalid configuration; nothing was started:\n  " + "\n  ".join(problems))
     return Config(values)
+
+
+FILES = ("etcd.password_file", "etcd.cacert", "etcd.cert", "etcd.key", "sidecar.tls_cert", "sidecar.tls_key",
+         "sidecar.tls_client_ca")  # fmt: skip
+
+
+def _cross_checks(v: Mapping[str, Any]) -> list[str]:
+    """Problems no single setting shows: pairs that go together, files that must be readable."""
+    problems = []
+    for a, b in (("etcd.cert", "etcd.key"), ("sidecar.tls_cert", "sidecar.tls_key")):
+        if bool(v.get(a)) != bool(v.get(b)):
+            problems.append(f"{a} and {b} go together: set both or neither")
+    if v.get("sidecar.tls_client_ca") and not v.get("sidecar.tls_cert"):
+        problems.append("sidecar.tls_client_ca needs sidecar.tls_cert and sidecar.tls_key (HTTPS) as well")
+    if v.get("etcd.password") and v.get("etcd.password_file"):
+        problems.append("etcd.password and etcd.password_file are both set: keep one")
+    has_password = bool(v.get("etcd.password") or v.get("etcd.password_file"))
+    if v.get("etcd.user") and not has_password:
+        problems.append("etcd.user is set but no password: set PGCOHORT_ETCD_PASSWORD or etcd.password_file")
+    if has_password and not v.get("etcd.user"):
+        problems.append("an etcd password is set but etcd.user is not")
+    tls = [k for k in ("etcd.cacert", "etcd.cert") if v.get(k)]
+    plain = [e for e in v.get("etcd.endpoints") or [] if not str(e).startswith("https://")]
+    if tls and plain:
+        problems.append(f"{' and '.join(tls)} set, but these etcd endpoints are not https://: {', '.join(plain)}")
+    for key in FILES:
+        path = v.get(key)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                if not f.read(1):
+                    problems.append(f"{key}: {path} is empty")
+        except OSError as e:
+            problems.append(f"{key}: cannot read {path} ({e.strerror})")
+    return problems
 
 
 def describe() -> str:

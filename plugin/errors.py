@@ -89,6 +89,10 @@ class InvalidRecordError(PgcohortError):
 
     exit_code = 7
 
+    def __init__(self, message: str, *, record: str = "ruleset") -> None:
+        super().__init__(message)
+        self.record = record  # which kind: ruleset, term, history, node (the metric's label)
+
 
 class NotInitializedError(PgcohortError):
     """The cluster has no ruleset key. Run `pgcohort init` first."""

@@ -92,6 +92,14 @@ class Metrics:
         self.term_primary = Gauge(
             "pgcohort_term_primary", "1 for the member the current term names as the primary", ["primary"], registry=r
         )
+        self.invalid_record = Gauge(
+            "pgcohort_invalid_record",
+            "1 while a record read from etcd is refused as invalid (nothing acts on it); for node: how many",
+            ["record"],
+            registry=r,
+        )
+        for record in ("ruleset", "term", "node"):
+            self.invalid_record.labels(record).set(0)
         self.lag = Gauge("pgcohort_node_lag_bytes", "standby flush lag seen by the primary", ["member"], registry=r)
         self.etcd_seconds = Histogram(
             "pgcohort_etcd_request_seconds",
@@ -123,6 +131,11 @@ class Metrics:
     def gate(self, d: GateDecision) -> None:
         self.gate_decisions.labels(d.result).inc()
         self.gate_seconds.set(d.seconds)
+
+    def refused_record(self, record: str | None) -> None:
+        """The ruleset or term was refused as invalid (``record`` names which), or None: both read fine."""
+        for kind in ("ruleset", "term"):
+            self.invalid_record.labels(kind).set(1 if kind == record else 0)
 
     def lags(self, lags: dict[str, int | None]) -> None:
         self.lag.clear()

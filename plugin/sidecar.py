@@ -30,6 +30,7 @@ from pgcohort.core.rules import Member
 from pgcohort.errors import (
     BarrierPendingError,
     ConflictError,
+    InvalidRecordError,
     PgcohortError,
     PostgresError,
     RefusedError,
@@ -75,6 +76,7 @@ class State:
     caught_up_since: dict[str, float] = field(default_factory=dict)
     joint_seen_at: float | None = None
     refusal: str = ""  # why the last step was refused (for example Patroni's own sync mode is on)
+    record_error: str = ""  # the ruleset or term in etcd is invalid: nothing is done from it
 
 
 class Sidecar:
@@ -108,7 +110,7 @@ class Sidecar:
     def tick(self) -> None:
         s = self.state
         obs = self._observe()
-        etcd_error = ""
+        etcd_error, record_error, refused = "", "", None
         try:
             for _ in range(6):  # apply -> barrier -> finalize -> (admit) in one round when all goes well
                 if not self._step(obs):
@@ -118,8 +120,16 @@ class Sidecar:
         except (PostgresError, RefusedError) as e:
             refusal = str(e) if isinstance(e, RefusedError) else ""
             log.warning("%s", e)  # etcd answered; the step is retried next round
+        except InvalidRecordError as e:  # keep the last good setting; act again only on a valid record
+            record_error, refused, refusal = str(e), e.record, s.refusal
+            if record_error != s.record_error:
+                log.error("refusing to act: %s", e)
         except PgcohortError as e:
             etcd_error, refusal = str(e), s.refusal
+        if s.record_error and not record_error and not etcd_error:
+            log.info("the ruleset and term are valid again")
+        if not etcd_error:
+            self.metrics.refused_record(refused)
         self._eligibility()
         self._gate_decisions()
         try:
@@ -132,6 +142,8 @@ class Sidecar:
             log.info("etcd reachable")
         with self.lock:
             s.etcd_error, s.refusal = etcd_error, refusal
+            if not etcd_error:
+                s.record_error = record_error
         self.metrics.healthy.set(1 if not self.health_problems() else 0)
 
     def _observe(self) -> Observation | None:
@@ -277,7 +289,9 @@ class Sidecar:
             return None
         streaming = {r.name.lower(): r for r in obs.replication if r.state == "streaming"}
         candidates = {}
-        for name, rec in self.store.nodes().items():
+        records = self.store.nodes()
+        self.metrics.invalid_record.labels("node").set(sum(1 for r in records.values() if r.problem))
+        for name, rec in records.items():
             rep = streaming.get(name.lower())
             member = rec.member()
             if rec.role != "replica" or member is None:
@@ -358,6 +372,8 @@ class Sidecar:
             problems.append(f"fenced: {s.fenced}")
         if s.refusal:
             problems.append(f"refused: {s.refusal}")
+        if s.record_error:
+            problems.append(f"invalid record: {s.record_error}")
         if s.committed is None:
             problems.append("no committed ruleset read yet")
             return problems

@@ -96,6 +96,35 @@ class PgCluster:
         self.start(node)
         return node
 
+    def secure(self, node: PgNode, certs_dir: str, role: str, password: str) -> None:
+        """TLS on ``node`` (its copies made later inherit it), and a superuser ``role`` that may only log in
+        over TLS with its SCRAM password; everything else keeps the suite's trust access."""
+        uid, gid = _pg_ids()
+        for name in ("server.pem", "server-key.pem", "ca.pem"):
+            dest = os.path.join(node.data_dir, name)
+            shutil.copy(os.path.join(certs_dir, name), dest)
+            os.chown(dest, uid, gid)
+            os.chmod(dest, 0o600)
+        with open(os.path.join(node.data_dir, "postgresql.conf"), "a") as f:
+            f.write(
+                "\nssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server-key.pem'\nssl_ca_file = 'ca.pem'\n"
+            )
+        hba = os.path.join(node.data_dir, "pg_hba.conf")
+        with open(hba) as f:
+            rest = f.read()
+        with open(hba, "w") as f:
+            f.write(f"hostssl all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} 127.0.0.1/32 reject\n" + rest)
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
+            )
+            conn.execute("SELECT pg_reload_conf()")
+
     def add_standby(self, name: str, primary: str) -> PgNode:
         src = self.nodes[primary]
         node = self._new_node(name)

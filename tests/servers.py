@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -32,8 +33,49 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def _get_json(url: str, timeout: float = 1.0) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+@dataclass(frozen=True)
+class Certs:
+    """Certificates made by the suite (trustme): a CA, etcd's and PostgreSQL's server certificate for
+    127.0.0.1/localhost, a client certificate, and a second CA with a client certificate etcd does not trust."""
+
+    dir: str
+
+    @staticmethod
+    def make(directory: str) -> Certs:
+        import trustme
+
+        os.makedirs(directory, exist_ok=True)
+        ca, other = trustme.CA(), trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("pgcohort-client")
+        stranger = other.issue_cert("stranger")
+        ca.cert_pem.write_to_path(f"{directory}/ca.pem")
+        other.cert_pem.write_to_path(f"{directory}/other-ca.pem")
+        for name, leaf in (("server", server), ("client", client), ("stranger", stranger)):
+            leaf.cert_chain_pems[0].write_to_path(f"{directory}/{name}.pem")
+            leaf.private_key_pem.write_to_path(f"{directory}/{name}-key.pem")
+            os.chmod(f"{directory}/{name}-key.pem", 0o600)
+        return Certs(directory)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.path("ca.pem"))
+        ctx.load_cert_chain(self.path("client.pem"), self.path("client-key.pem"))
+        return ctx
+
+    def secrets(self) -> list[str]:
+        """Lines of the private keys: none may ever appear in output."""
+        out = []
+        for name in ("server", "client", "stranger"):
+            with open(self.path(f"{name}-key.pem")) as f:
+                out += [line for line in f.read().splitlines() if line and "-----" not in line]
+        return out
+
+
+def _get_json(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as r:  # noqa: S310 (loopback only)
         body: dict[str, Any] = json.loads(r.read())
         return body
 
@@ -57,10 +99,11 @@ class EtcdMember:
     data_dir: str
     log_path: str
     proc: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -75,6 +118,8 @@ class EtcdCluster:
     root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="pgcohort-etcd-"))
     members: list[EtcdMember] = field(default_factory=list)
     token: str = field(default_factory=lambda: "pgcohort-" + uuid.uuid4().hex[:8])
+    certs: Certs | None = None  # client TLS with --client-cert-auth
+    auth_token_ttl: int | None = None  # seconds a simple auth token lives unused
 
     def start(self, timeout: float = 20.0) -> EtcdCluster:
         ports = free_ports(2 * self.size)
@@ -87,6 +132,7 @@ class EtcdCluster:
                     ports[2 * i + 1],
                     os.path.join(self.root, name),
                     os.path.join(self.root, name + ".log"),
+                    scheme="https" if self.certs else "http",
                 )
             )
         for m in self.members:
@@ -112,12 +158,19 @@ class EtcdCluster:
             "--heartbeat-interval", "50", "--election-timeout", "500",
             "--logger", "zap", "--log-outputs", "stderr",
         ]  # fmt: skip
+        if self.certs is not None:
+            c = self.certs
+            args += ["--cert-file", c.path("server.pem"), "--key-file", c.path("server-key.pem"),
+                     "--trusted-ca-file", c.path("ca.pem"), "--client-cert-auth"]  # fmt: skip
+        if self.auth_token_ttl is not None:
+            args += ["--auth-token-ttl", str(self.auth_token_ttl)]
         with open(m.log_path, "ab") as log:
             m.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def healthy(self, m: EtcdMember) -> bool:
+        context = self.certs.client_context() if self.certs else None
         try:
-            return _get_json(m.url + "/health").get("health") == "true"
+            return _get_json(m.url + "/health", context=context).get("health") == "true"
         except (OSError, ValueError):
             return False
 
@@ -128,6 +181,17 @@ class EtcdCluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcd member {m.name} not healthy after {timeout}s; see {m.log_path}")
                 time.sleep(0.05)
+
+    def ctl(self, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``etcdctl`` against this cluster (with its certificates; ``user`` as NAME:PASSWORD)."""
+        cmd = ["etcdctl", "--endpoints", ",".join(self.endpoints)]
+        if self.certs is not None:
+            c = self.certs
+            cmd += ["--cacert", c.path("ca.pem"), "--cert", c.path("client.pem"), "--key", c.path("client-key.pem")]
+        if user is not None:
+            cmd += ["--user", user]
+        env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
+        return subprocess.run(cmd + list(args), env=env, check=check, capture_output=True, text=True, timeout=30)
 
     def leader(self) -> EtcdMember:
         for m in self.members:

@@ -8,26 +8,28 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pgcohort import protocol
 from pgcohort.core.rules import AnyK, Member, Rule
-from pgcohort.store import EtcdStore
+from pgcohort.store import EtcdStore, Security
 from tests.pg import PgCluster, PgNode
 from tests.servers import EtcdCluster, free_ports
 
 BIN = os.path.join(os.path.dirname(sys.executable), "pgcohort")
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+def http_get(url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None) -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as r:  # noqa: S310 (loopback)
             body = r.read()
             return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body.decode())
     except urllib.error.HTTPError as e:
@@ -41,17 +43,18 @@ class SidecarProcess:
     log_path: str
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    tls: ssl.SSLContext | None = None  # how to reach it when it serves HTTPS
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([BIN, "sidecar"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def get(self, path: str) -> tuple[int, Any]:
-        return http_get(self.url + path)
+        return http_get(self.url + path, context=self.tls)
 
     def wait_http(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -93,17 +96,24 @@ class Stack:
     pg: PgCluster = field(default_factory=PgCluster)
     sidecars: dict[str, SidecarProcess] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    security: Security | None = None  # how the stack's own store reaches etcd
+    sidecar_tls: ssl.SSLContext | None = None  # set when the sidecars serve HTTPS (extra_env)
+    prepare_primary: Callable[[PgCluster, PgNode], None] | None = None  # before the standbys are copied
+    dsn_for: Callable[[PgNode], str] | None = None  # the sidecars' DSN (default: the node's trust DSN)
 
     def start(self, standbys: int = 3, policy: int = 1, sidecars: bool = True, init: bool = True) -> Stack:
         self._own_etcd = self.etcd is None
         if self.etcd is None:
             self.etcd = EtcdCluster(self.etcd_size).start()
-        self.pg.init_primary("pg0")
+        primary = self.pg.init_primary("pg0")
+        if self.prepare_primary is not None:
+            self.prepare_primary(self.pg, primary)
         for i in range(1, standbys + 1):
             self.pg.add_standby(f"pg{i}", "pg0")
         if init:
             rule = Rule(AnyK(policy), tuple(self.member(n) for n in self.pg.nodes))
-            protocol.init(self.store(), rule, "pg0", actor="stack")
+            with self.store() as store:
+                protocol.init(store, rule, "pg0", actor="stack")
         if sidecars:
             for name in self.pg.nodes:
                 self.start_sidecar(name)
@@ -124,6 +134,7 @@ class Stack:
     def store(self, **kw: Any) -> EtcdStore:
         kw.setdefault("timeout", 2.0)
         kw.setdefault("retry_for", 15.0)
+        kw.setdefault("security", self.security)
         return EtcdStore(self.endpoints, self.cluster, **kw)
 
     def env_for(self, node: PgNode, port: int) -> dict[str, str]:
@@ -137,7 +148,7 @@ class Stack:
             "PGCOHORT_NODE_NAME": node.name,
             "PGCOHORT_NODE_ZONE": member.zone,
             "PGCOHORT_NODE_PORT": str(node.port),
-            "PGCOHORT_POSTGRES_DSN": node.dsn,
+            "PGCOHORT_POSTGRES_DSN": self.dsn_for(node) if self.dsn_for else node.dsn,
             "PGCOHORT_SIDECAR_LISTEN": f"127.0.0.1:{port}",
             "PGCOHORT_SIDECAR_INTERVAL": "0.5",
             "PGCOHORT_SIDECAR_TTL": "3",
@@ -152,6 +163,7 @@ class Stack:
             port,
             os.path.join(self.pg.root, f"sidecar-{name}.log"),
             {**self.env_for(self.pg.nodes[name], port), **env},
+            tls=self.sidecar_tls,
         )
         car.start()
         car.wait_http()

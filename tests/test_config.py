@@ -51,3 +51,44 @@ def test_unreadable_and_invalid_files(tmp_path: pathlib.Path) -> None:
     bad.write_text("etcd: [unclosed\n")
     with pytest.raises(InvalidInputError, match="not valid YAML"):
         config.load({"cluster": "c"}, env={}, file=str(bad))
+
+
+def test_security_settings_are_checked_together_and_secrets_never_echoed(tmp_path: pathlib.Path) -> None:
+    key = tmp_path / "k.pem"
+    key.write_text("x")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    env = {
+        "PGCOHORT_CLUSTER": "c",
+        "PGCOHORT_ETCD_ENDPOINTS": "http://a:1,https://b:2",
+        "PGCOHORT_ETCD_CACERT": str(tmp_path / "missing-ca.pem"),
+        "PGCOHORT_ETCD_KEY": str(key),
+        "PGCOHORT_ETCD_PASSWORD": "hunter2-secret",
+        "PGCOHORT_ETCD_PASSWORD_FILE": str(empty),
+        "PGCOHORT_SIDECAR_TLS_CLIENT_CA": str(key),
+    }
+    with pytest.raises(InvalidInputError) as info:
+        config.load({}, env=env)
+    text = str(info.value)
+    for problem in (
+        "etcd.cert and etcd.key go together",
+        "sidecar.tls_client_ca needs sidecar.tls_cert",
+        "etcd.password and etcd.password_file are both set",
+        "an etcd password is set but etcd.user is not",
+        "etcd.cacert set, but these etcd endpoints are not https://: http://a:1",
+        "etcd.cacert: cannot read",
+        f"etcd.password_file: {empty} is empty",
+    ):
+        assert problem in text, text
+    assert "hunter2-secret" not in text
+    with pytest.raises(InvalidInputError, match="etcd.user is set but no password"):
+        config.load({}, env={"PGCOHORT_CLUSTER": "c", "PGCOHORT_ETCD_USER": "u"})
+    with pytest.raises(InvalidInputError) as hidden:
+        config.load({}, env={}, file=_yaml(tmp_path, "cluster: c\netcd:\n  password: [not, text, s3cr3t]\n"))
+    assert "value not shown" in str(hidden.value) and "s3cr3t" not in str(hidden.value)
+
+
+def _yaml(tmp_path: pathlib.Path, text: str) -> str:
+    f = tmp_path / "c.yml"
+    f.write_text(text)
+    return str(f)

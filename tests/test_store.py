@@ -23,7 +23,7 @@ from pgcohort.errors import (
     StoreUnavailableError,
     SupersededError,
 )
-from pgcohort.store import EtcdStore, Revision
+from pgcohort.store import EtcdStore, Revision, Security
 from tests.conftest import make_store, three_members
 from tests.servers import EtcdCluster
 
@@ -316,7 +316,7 @@ def test_token_auth(etcd_private: EtcdCluster, cluster_name: str) -> None:
     env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
     for args in (["user", "add", "root:rootpw"], ["auth", "enable"]):
         subprocess.run(ctl + args, env=env, check=True, capture_output=True)
-    s = make_store(etcd_private, cluster_name, user="root", password="rootpw")
+    s = make_store(etcd_private, cluster_name, security=Security(user="root", password="rootpw"))
     first = protocol.init(s, three_members(), "pg0", actor="a").snapshot.revision
     views = s.watch()
     try:
@@ -327,7 +327,7 @@ def test_token_auth(etcd_private: EtcdCluster, cluster_name: str) -> None:
     with pytest.raises(AccessDeniedError, match="user name is empty|permission denied|invalid auth token"):
         anonymous.read()
     with pytest.raises(AccessDeniedError, match="authentication failed"):
-        make_store(etcd_private, cluster_name, user="root", password="wrong")
+        make_store(etcd_private, cluster_name, security=Security(user="root", password="wrong"))
 
 
 def test_a_retried_write_that_committed_and_was_superseded_says_so(store: EtcdStore) -> None:

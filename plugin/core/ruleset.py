@@ -13,6 +13,12 @@ property test):
    revision it was based on (the store enforces this; the core only produces the values).
 4. Both active rules are enforceable by the current primary (it is in the cohort, and K is
    no larger than its electorate).
+5. Every write of the ``ruleset`` key goes through a CAS that creates it at version 1 or
+   increments its version by one, so the record's ``version`` equals etcd's own count of
+   writes to the key (its ``kv.version``); likewise the term's number. A record that breaks
+   this was put behind the protocol's back (a restore by hand, a stale backup, a rogue
+   writer; a version going backwards always does) and nothing acts on it
+   (:func:`check_written_by_protocol`).
 
 Transitions are pure functions from a ruleset to the next one; the store commits them.
 """
@@ -168,6 +174,63 @@ def check_invariants(ruleset: Ruleset, primary: str | None = None) -> None:
             r.check(primary)
 
 
+RESTORE_HINT = (
+    "Nothing was changed, and nothing acts on it: no setting is written and no one is promoted from it, and the last "
+    "good setting stays in force. Inspect it with `pgcohort history` and `etcdctl get`, then run "
+    "`pgcohort restore` to commit the last valid version again"
+)
+
+
+def check_written_by_protocol(number: int, key_version: int, what: str, where: str) -> None:
+    """Invariant 5: ``number`` (a ruleset's version, a term's number) equals etcd's write count of its key."""
+    if number != key_version:
+        raise InvalidRecordError(
+            f"{where} says {what} {number}, but etcd counts {key_version} write(s) of that key: it was "
+            f"written outside pgcohort's compare-and-swap (a put by hand, a stale backup, a rogue writer). "
+            + RESTORE_HINT,
+            record="term" if what == "term" else "ruleset",
+        )
+
+
+def check_pair(ruleset: Ruleset, term: Term, where: str) -> None:
+    """Invariant 4 across the two records: every active rule is enforceable by the term's primary."""
+    try:
+        check_invariants(ruleset, term.primary)
+    except (AssertionError, RefusedError) as e:
+        raise InvalidRecordError(
+            f"{where}: the ruleset (version {ruleset.version}) and the term (term {term.term}, primary "
+            f"{term.primary}) contradict each other: {e}. " + RESTORE_HINT
+        ) from None
+
+
+def restoration(
+    history: list[Ruleset], term: Term, key_version: int, *, changed_by: str, now: str, writer: str, problem: str
+) -> Ruleset:
+    """The ruleset ``pgcohort restore`` commits: the newest valid history entry that ``term`` can enforce,
+    again, as the next version of the key (its etcd write count + 1, keeping invariant 5)."""
+    for old in sorted(history, key=lambda rs: rs.version, reverse=True):
+        try:
+            check_invariants(old, term.primary)
+        except (AssertionError, RefusedError):
+            continue
+        reason = f"restore version {old.version} ({problem.split('. ')[0][:200]})"
+        return replace(
+            old, version=key_version + 1, changed_by=changed_by, changed_at=now, reason=reason, writer=writer
+        )
+    raise RefusedError(
+        f"no valid version in the history is enforceable by the term's primary {term.primary}; nothing was "
+        "changed. Restore the ruleset by hand with etcdctl from a backup"
+    )
+
+
+def term_restoration(history: list[Term], key_version: int, *, decided_by: str, now: str, writer: str) -> Term:
+    """The term ``pgcohort restore`` commits: the newest valid term in its history, numbered after the key's writes."""
+    if not history:
+        raise RefusedError("the term history is empty: nothing valid to restore; nothing was changed")
+    old = max(history, key=lambda t: t.term)
+    return replace(old, term=key_version + 1, decided_by=decided_by, at=now, writer=writer)
+
+
 # --- the record format (JSON in etcd) -------------------------------------------------
 
 
@@ -274,11 +337,7 @@ def decode(raw: bytes, where: str) -> Ruleset:
     try:
         return from_record(json.loads(raw))
     except (ValueError, InvalidInputError) as e:
-        raise InvalidRecordError(
-            f"{where} is not a valid pgcohort ruleset ({e}). Nothing was changed; nothing will "
-            "act on it. Inspect it with `pgcohort history` and `etcdctl get`, then restore the "
-            "last good version"
-        ) from None
+        raise InvalidRecordError(f"{where} is not a valid pgcohort ruleset ({e}). " + RESTORE_HINT) from None
 
 
 # --- the term -------------------------------------------------------------------------
@@ -326,8 +385,11 @@ def decode_term(raw: bytes, where: str) -> Term:
         lsn = d.get("lsn")
         if lsn is not None and (not isinstance(lsn, int) or isinstance(lsn, bool)):
             raise InvalidInputError("field 'lsn' has the wrong type")
+        number = _field(d, "term", int, "term")
+        if number < 1:
+            raise InvalidInputError(f"term {number} < 1")
         return Term(
-            _field(d, "term", int, "term"),
+            number,
             check_member_name(_field(d, "primary", str, "term")),
             _field(d, "ruleset_revision", int, "term"),
             lsn,
@@ -337,4 +399,6 @@ def decode_term(raw: bytes, where: str) -> Term:
             str(d.get("forced", "")),
         )
     except (ValueError, InvalidInputError) as e:
-        raise InvalidRecordError(f"{where} is not a valid pgcohort term ({e}). Nothing was changed") from None
+        raise InvalidRecordError(
+            f"{where} is not a valid pgcohort term ({e}). " + RESTORE_HINT, record="term"
+        ) from None

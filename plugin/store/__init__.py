@@ -26,10 +26,10 @@ from pgcohort.seams import Revision, Snapshot, StoreStats, TermSnapshot, View
 from pgcohort.store.patroni import PatroniConfigKey
 from pgcohort.store.records import Records
 from pgcohort.store.registry import NodeRegistration, NodeRegistry
-from pgcohort.store.transport import Transport
+from pgcohort.store.transport import Security, Transport
 from pgcohort.store.watch import RulesetWatch
 
-__all__ = ["EtcdStore", "Revision", "Snapshot", "TermSnapshot", "View", "StoreStats"]
+__all__ = ["EtcdStore", "Revision", "Security", "Snapshot", "TermSnapshot", "View", "StoreStats"]
 
 
 class EtcdStore:
@@ -43,8 +43,7 @@ class EtcdStore:
         prefix: str = "/pgcohort",
         timeout: float = 3.0,
         retry_for: float = 10.0,
-        user: str | None = None,
-        password: str | None = None,
+        security: Security | None = None,
         observe: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         if not cluster or "/" in cluster:
@@ -52,11 +51,18 @@ class EtcdStore:
         if prefix.startswith("/service/") or prefix == "/service":
             raise InvalidInputError("the pgcohort prefix must not be under Patroni's /service/")
         self.root = f"{prefix.rstrip('/')}/{cluster}/"
-        self.transport = Transport(
-            endpoints, timeout=timeout, retry_for=retry_for, user=user, password=password, observe=observe
-        )
+        self.transport = Transport(endpoints, timeout=timeout, retry_for=retry_for, security=security, observe=observe)
         self.records = Records(self.transport, self.root)
         self.registry = NodeRegistry(self.transport, self.root)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> EtcdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- the ruleset and the term (pgcohort.store.records) ---------------------------------
 
@@ -80,6 +86,10 @@ class EtcdStore:
 
     def term_history(self) -> list[tuple[Revision, Term]]:
         return self.records.term_history()
+
+    def restore(self, *, actor: str, writer: str, now: str) -> list[str]:
+        """``pgcohort restore``: commit the newest valid history entry again where a record is invalid."""
+        return self.records.restore(actor=actor, writer=writer, now=now)
 
     # --- node records (pgcohort.store.registry) --------------------------------------------
 

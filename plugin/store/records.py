@@ -13,10 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pgcohort.core.ruleset import Ruleset, Term, decode, decode_term, encode, encode_term
+from pgcohort.core.ruleset import (
+    Ruleset,
+    Term,
+    check_pair,
+    check_written_by_protocol,
+    decode,
+    decode_term,
+    encode,
+    encode_term,
+    restoration,
+    term_restoration,
+)
 from pgcohort.errors import (
     ConflictError,
     InvalidInputError,
+    InvalidRecordError,
     NotInitializedError,
     RefusedError,
     SupersededError,
@@ -51,12 +63,19 @@ class Records:
     # --- reads ----------------------------------------------------------------------------
 
     def snapshot(self, kv: dict[str, Any]) -> Snapshot:
+        """The ruleset in ``kv``; :class:`InvalidRecordError` unless it parses and was written by a CAS of ours."""
         rev = Revision(int(kv["mod_revision"]))
-        return Snapshot(decode(unb64(kv.get("value", "")), f"{self.ruleset_key} (revision {rev})"), rev)
+        where = f"{self.ruleset_key} (revision {rev})"
+        rs = decode(unb64(kv.get("value", "")), where)
+        check_written_by_protocol(rs.version, int(kv.get("version", 0)), "version", where)
+        return Snapshot(rs, rev)
 
     def _term(self, kv: dict[str, Any]) -> TermSnapshot:
         rev = Revision(int(kv["mod_revision"]))
-        return TermSnapshot(decode_term(unb64(kv.get("value", "")), f"{self.term_key} (revision {rev})"), rev)
+        where = f"{self.term_key} (revision {rev})"
+        term = decode_term(unb64(kv.get("value", "")), where)
+        check_written_by_protocol(term.term, int(kv.get("version", 0)), "term", where)
+        return TermSnapshot(term, rev)
 
     def read(self) -> Snapshot:
         kvs, _ = self.transport.range(self.ruleset_key)
@@ -74,7 +93,9 @@ class Records:
             raise NotInitializedError(
                 f"no ruleset or term under {self.root}: run `pgcohort init` for this cluster first"
             )
-        return self.snapshot(ruleset[0]), self._term(term[0])
+        snap, now = self.snapshot(ruleset[0]), self._term(term[0])
+        check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")
+        return snap, now
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
         return self._audit("history/0", decode)  # version keys, not history/term-*
@@ -82,14 +103,86 @@ class Records:
     def term_history(self) -> list[tuple[Revision, Term]]:
         return self._audit("history/term-", decode_term)
 
-    def _audit(self, prefix: str, decoder: Callable[[bytes, str], T]) -> list[tuple[Revision, T]]:
+    def _audit(
+        self, prefix: str, decoder: Callable[[bytes, str], T], *, skip_invalid: bool = False
+    ) -> list[tuple[Revision, T]]:
         kvs, _ = self.transport.range(self.root + prefix, prefix=True)
         out = []
         for kv in kvs:
             rev = Revision(int(kv["mod_revision"]))
             key = unb64(kv["key"]).decode()
-            out.append((rev, decoder(unb64(kv.get("value", "")), f"{key} (revision {rev})")))
+            try:
+                out.append((rev, decoder(unb64(kv.get("value", "")), f"{key} (revision {rev})")))
+            except InvalidRecordError as e:
+                if not skip_invalid:
+                    raise InvalidRecordError(str(e), record="history") from None
         return out
+
+    # --- repair -----------------------------------------------------------------------------
+
+    def restore(self, *, actor: str, writer: str, now: str) -> list[str]:
+        """Where the ruleset or term is invalid, commit its newest valid history entry again (one CAS on both).
+
+        Returns what was restored. RefusedError if both records are valid (nothing is written).
+        """
+        resp = self.transport.request(
+            "kv/txn", {"compare": [], "success": [get(self.ruleset_key), get(self.term_key)], "failure": []}
+        )
+        rs_kvs, term_kvs = branch_kvs(resp, 0), branch_kvs(resp, 1)
+        if not rs_kvs or not term_kvs:
+            raise NotInitializedError(
+                f"no ruleset or term under {self.root}: nothing to restore (a deleted key cannot be restored "
+                "through the protocol; run `pgcohort init` for a new cluster)"
+            )
+        rs_kv, term_kv = rs_kvs[0], term_kvs[0]
+        term: Term | None = None
+        problems: dict[str, str] = {}
+        try:
+            term = self._term(term_kv).term
+        except InvalidRecordError as e:
+            problems["term"] = str(e)
+        try:
+            snap = self.snapshot(rs_kv)
+            if term is not None:
+                check_pair(snap.ruleset, term, self.root)
+        except InvalidRecordError as e:
+            problems["ruleset"] = str(e)
+        if not problems:
+            raise RefusedError(
+                f"nothing to restore: the ruleset and term under {self.root} are valid; nothing was changed"
+            )
+        success, done = [], []
+        if term is None:
+            terms = [t for _, t in self._audit("history/term-", decode_term, skip_invalid=True)]
+            term = term_restoration(terms, int(term_kv.get("version", 0)), decided_by=actor, now=now, writer=writer)
+            success += [put(self.term_key, encode_term(term)), put(self.term_history_key(term.term), encode_term(term))]
+            done.append(f"term {term.term} (primary {term.primary}, from the term history)")
+        if "ruleset" in problems or "term" in problems:
+            try:
+                check_pair(
+                    self.snapshot(rs_kv).ruleset, term, self.root
+                )  # the ruleset may be fine with the restored term
+            except InvalidRecordError:
+                rulesets = [r for _, r in self._audit("history/0", decode, skip_invalid=True)]
+                rs = restoration(
+                    rulesets,
+                    term,
+                    int(rs_kv.get("version", 0)),
+                    changed_by=actor,
+                    now=now,
+                    writer=writer,
+                    problem=problems.get("ruleset", problems.get("term", "")),
+                )
+                success += [put(self.ruleset_key, encode(rs)), put(self.history_key(rs.version), encode(rs))]
+                done.insert(0, f"ruleset version {rs.version}: {rs.show()} ({rs.reason})")
+        compare = [
+            mod_equals(self.ruleset_key, int(rs_kv["mod_revision"])),
+            mod_equals(self.term_key, int(term_kv["mod_revision"])),
+        ]
+        ok, _ = self.transport.txn(compare, success, [])
+        if not ok:
+            raise ConflictError("the ruleset or term changed while restoring; nothing was written. Run restore again")
+        return done
 
     # --- writes ---------------------------------------------------------------------------
 

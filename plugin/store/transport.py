@@ -11,7 +11,11 @@ Promises (the measurements behind them are in ``docs/STORE.md``):
   lost may have committed: :meth:`Transport.txn` retries the *same* compare, and raises
   :class:`IndeterminateError` only if no attempt got a definite answer in time. Callers
   recognise their own earlier attempt by the writer id in the value.
-* **Token auth** renews an expired token once per request and retries it.
+* **Token auth** renews an expired token once per request and retries it; a password file
+  is re-read at each renewal (rotation without a restart). Neither ever appears in a message.
+* **TLS**: a CA bundle for the server certificates (host names checked), a client
+  certificate and key for ``--client-cert-auth``; a failed handshake is an
+  :class:`AccessDeniedError` naming the setting to fix, not a retry.
 * int64 values arrive from the gateway as strings; they become :data:`Revision` here.
 """
 
@@ -22,7 +26,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,6 +98,39 @@ class Unanswered(Exception):
 
 
 @dataclass(frozen=True)
+class Security:
+    """How to prove who we are to etcd and check who it is. Secrets stay out of ``repr``."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    cacert: str | None = None  # CA bundle for etcd's server certificates; None: the system's
+    cert: str | None = None  # client certificate (PEM)
+    key: str | None = None  # its private key (PEM)
+
+    def current_password(self) -> str:
+        if self.password_file:
+            try:
+                with open(self.password_file, encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError as e:
+                raise AccessDeniedError(
+                    f"cannot read etcd.password_file {self.password_file} ({e.strerror}); nothing was changed"
+                ) from None
+        return self.password or ""
+
+    def session(self) -> requests.Session:
+        """A requests session with these TLS settings, ignoring proxy and CA environment variables."""
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE / proxies must not redirect etcd traffic
+        if self.cacert:
+            session.verify = self.cacert
+        if self.cert and self.key:
+            session.cert = (self.cert, self.key)
+        return session
+
+
+@dataclass(frozen=True)
 class Endpoint:
     scheme: str
     host: str
@@ -120,8 +157,7 @@ class Transport:
         *,
         timeout: float = 3.0,
         retry_for: float = 10.0,
-        user: str | None = None,
-        password: str | None = None,
+        security: Security | None = None,
         observe: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         if not endpoints:
@@ -129,21 +165,25 @@ class Transport:
         self.endpoints = [Endpoint.parse(e) for e in endpoints]
         self.timeout = timeout
         self.retry_for = retry_for
-        self._user, self._password = user, password
+        self.security = security or Security()
+        self._user = self.security.user
         self._observe = observe
         self._lock = threading.Lock()
         self._current = 0
         self._stats = {"requests": 0, "errors": 0, "rotations": 0, "watch_resyncs": 0, "watch_silences": 0}
-        self.session = requests.Session()
-        self.session.trust_env = False  # REQUESTS_CA_BUNDLE / proxies must not redirect etcd traffic
+        self.session = self.security.session()
         self._clients = [
             Etcd3Client(
                 host=e.host, port=e.port, protocol=e.scheme, timeout=timeout, api_path="/v3/", session=self.session
             )
             for e in self.endpoints
         ]
-        if user is not None:
+        if self._user is not None:
             self._authenticate()
+
+    def close(self) -> None:
+        """Close the pooled connections (a TLS socket left to the garbage collector warns)."""
+        self.session.close()
 
     # --- endpoints and counters -------------------------------------------------------
 
@@ -182,7 +222,9 @@ class Transport:
     # --- requests ---------------------------------------------------------------------
 
     def _authenticate(self) -> None:
-        resp = self._send_once("auth/authenticate", {"name": self._user, "password": self._password})
+        self.session.headers.pop("Authorization", None)  # etcd refuses to authenticate a request with a dead token
+        password = self.security.current_password()
+        resp = self.request("auth/authenticate", {"name": self._user, "password": password})
         self.session.headers["Authorization"] = resp["token"]
 
     def _send_once(self, path: str, body: dict[str, Any]) -> Any:
@@ -201,9 +243,16 @@ class Transport:
             self.count("errors")
             self.failed(index)
             text = str(e.detail_text or "")
+            if "SSLError" in text or "SSL:" in text:
+                raise AccessDeniedError(self._tls_problem(index, text)) from None
             if "NewConnectionError" in text or "Connection refused" in text:
                 raise NotSent(f"{self.url(index)}: connection refused") from None
-            raise Unanswered(f"{self.url(index)}: {short(text)}") from None
+            hint = ""
+            if self.endpoints[index].scheme == "http" and (
+                "RemoteDisconnected" in text or "Connection aborted" in text
+            ):
+                hint = " (if etcd serves TLS, write its endpoints as https://HOST:PORT and set etcd.cacert)"
+            raise Unanswered(f"{self.url(index)}: {short(text)}{hint}") from None
         except ConnectionTimeoutError as e:
             self.count("errors")
             self.failed(index)
@@ -223,13 +272,31 @@ class Transport:
             ):
                 raise AccessDeniedError(
                     f"etcd at {self.url(index)} denied {path}: {message}. Nothing was changed. Check etcd.user "
-                    "and etcd.password (PGCOHORT_ETCD_USER, PGCOHORT_ETCD_PASSWORD) and that the role may use "
-                    "this cluster's prefix"
+                    "and its password (PGCOHORT_ETCD_PASSWORD or etcd.password_file), and that the user's role "
+                    "grants readwrite on this cluster's prefix (docs/SECURITY.md)"
                 ) from None
             raise StoreUnavailableError(f"etcd at {self.url(index)} refused {path}: {message}") from None
         finally:
             if self._observe is not None:
                 self._observe(path, time.monotonic() - started, ok)
+
+    def _tls_problem(self, index: int, text: str) -> str:
+        """What a failed TLS handshake means, and which setting fixes it (never the key's contents)."""
+        where = f"the TLS handshake with etcd at {self.url(index)} failed"
+        reason = text.split("SSLError(", 2)[-1].split("(_ssl.c")[0].strip(" ('\"") if "SSLError(" in text else ""
+        if "CERTIFICATE_VERIFY_FAILED" in text or "Hostname mismatch" in text or "doesn't match" in text:
+            fix = (
+                "etcd's server certificate was not verified: set etcd.cacert to the CA that signed it "
+                f"(now: {self.security.cacert or 'the system CAs'}) and use the host name the certificate names"
+            )
+        elif self.security.cert is None:
+            fix = "etcd asks for a client certificate (--client-cert-auth): set etcd.cert and etcd.key"
+        else:
+            fix = (
+                f"etcd refused the client certificate {self.security.cert}: it must be signed by etcd's "
+                "--trusted-ca-file, unexpired, and match etcd.key"
+            )
+        return f"{where}: {fix}. Nothing was changed{f' ({short(reason)})' if reason else ''}"
 
     def _retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
@@ -297,11 +364,16 @@ class Transport:
 
 
 def grpc_code(detail: str | None) -> int | None:
+    """The gRPC code of a gateway error body: ``{"code": N}`` (etcd 3.4), or ``{"error": {"grpc_code": N}}``."""
     try:
         body = json.loads(detail or "")
-        return int(body.get("code", body.get("error", {}).get("grpc_code")))
-    except (ValueError, TypeError, AttributeError):
+    except ValueError:
         return None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    code = body.get("code", error.get("grpc_code") if isinstance(error, dict) else None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def etcd_message(detail: str | None) -> str:

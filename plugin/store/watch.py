@@ -43,8 +43,7 @@ class RulesetWatch:
         self.silence = silence
         self._closed = threading.Event()
         self._resp: requests.Response | None = None
-        self.session = requests.Session()
-        self.session.trust_env = False
+        self.session = transport.security.session()
         # Ends the stream with an error when the member loses its leader, instead of silence.
         self.session.headers["Grpc-Metadata-hasleader"] = "true"
 
