@@ -138,4 +138,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        if False:  # MUTATION: the old primary is not probed",
         ("tests/test_failover_cli.py::test_the_pre_promote_gate_vetoes_while_the_old_primary_still_runs",),
     ),
+    Mutation(
+        "record-written-behind-the-protocol",
+        "act only on a ruleset whose version is etcd's write count of its key (no stale or forged record)",
+        "plugin/store/records.py",
+        '        check_written_by_protocol(rs.version, int(kv.get("version", 0)), "version", where)',
+        "        pass  # MUTATION: trust whatever the key holds",
+        ("tests/test_bad_records.py::test_bad_records_are_refused_and_the_last_good_setting_stays",),
+    ),
+    Mutation(
+        "ruleset-and-term-unchecked",
+        "act only on a ruleset every active rule of which the term's primary can enforce",
+        "plugin/store/records.py",
+        '        check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")\n        return snap, now',
+        "        return snap, now  # MUTATION: no check across the two records",
+        ("tests/test_bad_records.py::test_bad_records_are_refused_and_the_last_good_setting_stays",),
+    ),
 )
