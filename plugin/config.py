@@ -161,8 +161,8 @@ def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
         except (TypeError, ValueError):
             problems.append(f"{s.dotted} ({source}): expected a number, got {raw!r}")
             return None
-        if value <= 0:
-            problems.append(f"{s.dotted} ({source}): must be > 0, got {raw!r}")
+        if not 0 < value <= 86400:  # also refuses nan and inf, which reach socket timeouts
+            problems.append(f"{s.dotted} ({source}): must be a number of seconds > 0 and <= 86400, got {raw!r}")
             return None
         return value
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
@@ -207,8 +207,8 @@ def load(
         try:
             with open(file, encoding="utf-8") as f:
                 from_file = _flatten(yaml.safe_load(f) or {}, problems)
-        except OSError as e:
-            problems.append(f"config file {file}: {e.strerror}")
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+            problems.append(f"config file {file!r}: {getattr(e, 'strerror', None) or e}")
         except yaml.YAMLError as e:
             problems.append(f"config file {file}: not valid YAML ({str(e).splitlines()[0]})")
         known = {s.path for s in SCHEMA}
@@ -264,8 +264,8 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
             with open(path, "rb") as f:
                 if not f.read(1):
                     problems.append(f"{key}: {path} is empty")
-        except OSError as e:
-            problems.append(f"{key}: cannot read {path} ({e.strerror})")
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+            problems.append(f"{key}: cannot read {path!r} ({getattr(e, 'strerror', None) or e})")
     return problems
 
 

@@ -38,7 +38,7 @@ class DynamicConfig:
     @property
     def setting(self) -> str | None:
         """``postgresql.parameters.synchronous_standby_names``, or None when not set."""
-        params = self.value.get("postgresql", {}).get("parameters", {}) or {}
+        params = (self.value.get("postgresql") or {}).get("parameters") or {}
         got = params.get(SETTING)
         return None if got is None else str(got)
 
@@ -67,7 +67,7 @@ class DynamicConfig:
     def with_setting(self, setting: str, root: str, *, sync_mode_off: bool = False) -> dict[str, Any]:
         value = copy.deepcopy(self.value)
         value[MARK] = {"root": root}
-        pg = value.setdefault("postgresql", {})
+        pg = value["postgresql"] = value.get("postgresql") or {}
         params = pg.get("parameters") or {}
         params[SETTING] = setting
         pg["parameters"] = params
@@ -103,6 +103,13 @@ class PatroniConfigKey:
             raise InvalidInputError(f"{self.key} (revision {rev}) is not JSON ({e}); nothing was written") from None
         if not isinstance(value, dict):
             raise InvalidInputError(f"{self.key} (revision {rev}) is not a JSON object; nothing was written")
+        pg = value.get("postgresql")
+        if not isinstance(pg, dict | None) or not isinstance((pg or {}).get("parameters"), dict | None):
+            raise InvalidInputError(
+                f"{self.key} (revision {rev}): postgresql or postgresql.parameters is not an object, so it is not "
+                "a Patroni configuration pgcohort can write to; nothing was written. Fix it with `patronictl "
+                "edit-config`"
+            )
         return DynamicConfig(value, rev, self.key)
 
     def write_setting(self, ruleset_revision: Revision, config: DynamicConfig, setting: str) -> Revision:
