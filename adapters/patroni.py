@@ -181,7 +181,7 @@ class PatroniNode:
     # --- writing the setting ------------------------------------------------------------
 
     @contextmanager
-    def setting_lock(self, *, timeout: float = 5.0) -> Iterator[_ConfigWriter]:
+    def setting_lock(self) -> Iterator[_ConfigWriter]:
         """No lock is held: the writer's two compares (ruleset and config revisions) serialise writers."""
         yield _ConfigWriter(self)
 

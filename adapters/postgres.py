@@ -8,7 +8,7 @@ docs/POSTGRES.md):
   ``pg_reload_conf()``. The caller reads the committed ruleset *inside that hold*; holds
   are totally ordered and committed revisions only grow, so two sidecars that both believe
   they are beside the primary can never regress the setting to an older revision.
-* :meth:`PostgresNode.wait_in_force` returns once a new session shows the setting and every
+* :meth:`PostgresNode.wait_in_force` returns once every session shows the setting and every
   connected WAL sender reports the matching ``sync_state`` (plus a ``CHECKPOINT`` when the
   previous value was empty, because the checkpointer's copy decides whether commits wait).
 * :meth:`PostgresNode.barrier` commits a transactional WAL message with
@@ -51,6 +51,7 @@ from pgcohort.errors import (
 from pgcohort.seams import Observation, Replication
 
 LOCK_KEY = 0x7067636F686F7274  # "pgcohort" in ASCII: the advisory lock serialising writes
+LOCK_TIMEOUT = 5.0  # seconds a session waits for that lock (lock_timeout, set once per session)
 BARRIER_CHANNEL = "pgcohort-barrier"
 
 
@@ -98,6 +99,9 @@ class PostgresNode:
         self._barrier: _Barrier | None = None
         self._epoch = 0  # counts writes through setting_lock: a barrier belongs to one
         self._checkpoint_due = False
+        self._spare: psycopg.Connection[Any] | None = None  # the barriers' connection between barriers
+        self._spare_lock = threading.Lock()
+        self._closed = False
 
     # --- connections ----------------------------------------------------------------
 
@@ -111,7 +115,9 @@ class PostgresNode:
 
     def _session(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
+            self._closed = False
             self._conn = self._connect()
+            self._conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(LOCK_TIMEOUT * 1000)}ms")))
         return self._conn
 
     @property
@@ -123,6 +129,10 @@ class PostgresNode:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        with self._spare_lock:
+            spare, self._spare, self._closed = self._spare, None, True
+        if spare is not None:
+            spare.close()
 
     def _query(self, what: str, query: sql.Composable | str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with _translated(what, self.dsn):
@@ -136,23 +146,21 @@ class PostgresNode:
     # --- reading ----------------------------------------------------------------------
 
     def observe(self) -> Observation:
-        """Role, position, current setting and (on a primary) its replication connections."""
+        """Role, position, current setting and (on a primary) its replication connections: one query."""
         (row,) = self._query(
             "read its state",
             "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'),"
-            " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn() END,"
+            " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,"
             " pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(),"
-            " (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL)",
+            " (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL),"
+            " (SELECT coalesce(json_agg(json_build_array(application_name, state, sync_state, sync_priority,"
+            "  flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_flush_lsn(), flush_lsn)::bigint)"
+            "  ORDER BY application_name), '[]'::json)"
+            "  FROM pg_stat_replication WHERE NOT pg_is_in_recovery())",
         )
-        in_recovery, setting, flush, received, replayed, receivers = row
+        in_recovery, setting, flush, received, replayed, receivers, senders = row
         if not in_recovery:
-            rows = self._query(
-                "read pg_stat_replication",
-                "SELECT application_name, state, sync_state, sync_priority, flush_lsn,"
-                " pg_wal_lsn_diff(pg_current_wal_flush_lsn(), flush_lsn)::bigint"
-                " FROM pg_stat_replication ORDER BY application_name",
-            )
-            reps = tuple(Replication(r[0], r[1] or "", r[2] or "", int(r[3] or 0), _lsn(r[4]), r[5]) for r in rows)
+            reps = tuple(Replication(r[0], r[1] or "", r[2] or "", int(r[3] or 0), _lsn(r[4]), r[5]) for r in senders)
             return Observation(True, _lsn(flush) or 0, setting, reps, False)
         # A standby's received position restarts at a segment boundary after its receiver
         # restarts, possibly behind what it replayed: use the greater.
@@ -167,12 +175,11 @@ class PostgresNode:
     # --- writing the setting ------------------------------------------------------------
 
     @contextmanager
-    def setting_lock(self, *, timeout: float = 5.0) -> Iterator[_SettingWriter]:
-        """Hold the advisory lock that serialises writers of the setting on this server."""
+    def setting_lock(self) -> Iterator[_SettingWriter]:
+        """Hold the advisory lock that serialises writers of the setting on this server (at most LOCK_TIMEOUT)."""
         with _translated("lock synchronous_standby_names", self.dsn):
             conn = self._session()
             try:
-                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout * 1000)}ms")))
                 conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
                 try:
                     yield _SettingWriter(self, conn)
@@ -194,15 +201,29 @@ class PostgresNode:
             self._checkpoint_due = self._checkpoint_due or not before.strip()
 
     def in_force(self, desired: Desired) -> bool:
-        """True when every WAL sender agrees with the setting and a new session shows it."""
+        """True when this session shows the setting and every WAL sender agrees with it.
+
+        ``pg_reload_conf()`` signals the postmaster, which reloads its configuration and only
+        then signals every child, this session included (it reloads before its next query). So
+        once this session shows the value, the postmaster has it and every new session shows it
+        too (``tests/test_postgres.py`` checks that with a new session). One query per poll, no
+        new backend.
+        """
+        ((setting, senders),) = self._query(
+            "read synchronous_standby_names and pg_stat_replication",
+            "SELECT current_setting('synchronous_standby_names'), coalesce(json_agg(json_build_array("
+            "application_name, state, sync_state, sync_priority)), '[]'::json) FROM pg_stat_replication",
+        )
+        if setting != desired.setting:
+            return False
         listed = {n.lower() for n in desired.standbys}
-        for r in self.observe().replication:
-            if r.state != "streaming":
+        for name, state, sync_state, priority in senders:
+            if state != "streaming":
                 continue
-            counted = r.sync_state in ("sync", "quorum", "potential") and r.sync_priority > 0
-            if counted != (r.name.lower() in listed):
+            counted = sync_state in ("sync", "quorum", "potential") and int(priority or 0) > 0
+            if counted != (str(name).lower() in listed):
                 return False
-        return self.setting_shown_by_new_session() == desired.setting
+        return True
 
     def wait_in_force(self, desired: Desired, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -212,7 +233,7 @@ class PostgresNode:
                     f"synchronous_standby_names = {desired.setting!r} (revision {desired.revision}) was written "
                     f"but PostgreSQL did not show it in force within {timeout:g}s; the sidecar will retry"
                 )
-            time.sleep(0.002)
+            time.sleep(0.001)
         if self._checkpoint_due:
             self._query("checkpoint", "CHECKPOINT")  # the checkpointer now knows sync standbys are defined
             self._checkpoint_due = False
@@ -257,12 +278,17 @@ class PostgresNode:
     def _run_barrier(self, b: _Barrier) -> None:
         warnings: list[str] = []
         token = f"revision {b.revision}, apply {b.epoch}"
+        conn: psycopg.Connection[Any] | None = None
         try:
-            with _translated("commit the barrier", self.dsn), self._connect(autocommit=False) as conn:
-                conn.add_notice_handler(lambda d: warnings.append(d.message_primary or ""))
+            with _translated("commit the barrier", self.dsn):
+                conn = self._barrier_session()
+                conn.add_notice_handler(notice := lambda d: warnings.append(d.message_primary or ""))
                 conn.execute("SET LOCAL synchronous_commit = on")
                 row = conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (BARRIER_CHANNEL, token)).fetchone()
                 conn.commit()
+                conn.remove_notice_handler(notice)
+            self._keep_barrier_session(conn)
+            conn = None
             if any("synchronous replication" in w for w in warnings):
                 # The wait was cancelled by someone: the commit is local only.
                 b.result["error"] = PostgresUnreachableError(f"barrier ({token}): wait was cancelled ({warnings[-1]})")
@@ -270,6 +296,24 @@ class PostgresNode:
             b.result["lsn"] = _lsn(row[0] if row else None) or 0
         except PgcohortError as e:
             b.result["error"] = e
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _barrier_session(self) -> psycopg.Connection[Any]:
+        """The spare connection barriers commit on (one connect saved per barrier), or a new one."""
+        with self._spare_lock:
+            conn, self._spare = self._spare, None
+        if conn is None or conn.closed or conn.broken:
+            conn = self._connect(autocommit=False)
+        return conn
+
+    def _keep_barrier_session(self, conn: psycopg.Connection[Any]) -> None:
+        with self._spare_lock:
+            if self._spare is None and not self._closed:
+                self._spare = conn
+                return
+        conn.close()
 
     # --- failover primitives ----------------------------------------------------------
 

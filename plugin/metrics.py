@@ -101,6 +101,14 @@ class Metrics:
         for record in ("ruleset", "term", "node"):
             self.invalid_record.labels(record).set(0)
         self.lag = Gauge("pgcohort_node_lag_bytes", "standby flush lag seen by the primary", ["member"], registry=r)
+        self.change_step = Histogram(
+            "pgcohort_change_step_seconds",
+            "seconds each step of applying a change took: watch (commit to delivery), lock, read, write, in_force,"
+            " barrier, proof, finalize",
+            ["step"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r,
+        )
         self.etcd_seconds = Histogram(
             "pgcohort_etcd_request_seconds",
             "etcd request latency by API path",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pgcohort.core import ruleset as core
 from pgcohort.core.rules import Rule
 from pgcohort.errors import ConflictError, SupersededError
-from pgcohort.seams import Revision, Snapshot, Store
+from pgcohort.seams import Revision, Snapshot, Store, TermSnapshot
 
 
 def now() -> str:
@@ -73,9 +73,17 @@ def propose(store: Store, what: core.Change, *, actor: str, attempts: int = 5) -
                 ) from None
 
 
-def finalize(store: Store, *, actor: str, expected: Revision | None = None) -> Committed:
-    """Finalize the joint phase with a CAS on ``expected`` (or on the revision read now)."""
-    snap = store.read()
+def finalize(
+    store: Store,
+    *,
+    actor: str,
+    expected: Revision | None = None,
+    based_on: tuple[Snapshot, TermSnapshot] | None = None,
+) -> Committed:
+    """Finalize the joint phase with a CAS on the ruleset's and the term's revisions: those of
+    ``based_on`` (the read a sidecar's decision was made on), or of a read made now (and then
+    only if the ruleset is still at ``expected``). A failover since that read fails the CAS."""
+    snap, term = based_on or store.read_both()
     if expected is not None and snap.revision != expected:
         raise ConflictError(
             f"the ruleset moved from revision {expected} to {snap.revision}; not finalizing a "
@@ -84,6 +92,6 @@ def finalize(store: Store, *, actor: str, expected: Revision | None = None) -> C
         )
     final = core.finalize(snap.ruleset, changed_by=actor, now=now(), writer=new_writer(actor))
     try:
-        return Committed(Snapshot(final, store.commit(snap.revision, final)), 0)
+        return Committed(Snapshot(final, store.commit(snap.revision, final, term_revision=term.revision)), 0)
     except SupersededError as e:
         return Committed(Snapshot(final, Revision(e.committed_revision)), 0, str(e))

@@ -13,6 +13,8 @@ fails, and it resumes by itself when etcd returns.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import signal
 import threading
@@ -37,10 +39,11 @@ from pgcohort.errors import (
     TimedOutError,
 )
 from pgcohort.metrics import Metrics
-from pgcohort.seams import Node, Observation, Revision, Snapshot, Store, View
+from pgcohort.seams import Node, Observation, Snapshot, Store, TermSnapshot, View
 
 log = logging.getLogger("pgcohort.sidecar")
 GATE_READ_INTERVAL = 5.0  # seconds between reads of this node's gate decision (status, for metrics)
+STANDBY_SETTLE = 0.2  # seconds a standby's sidecar waits after a change is delivered before its round
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class Sidecar:
         self._last_decision: str | None = None
         self._started_at = protocol.now()
         self._watch = store.watch()
+        self._delivered: dict[int, float] = {}  # revision -> seconds from its commit to the watch delivering it
+        self._timings: dict[str, float] = {}  # step -> seconds, for the change being applied
 
     # --- the watch --------------------------------------------------------------------
 
@@ -102,8 +107,18 @@ class Sidecar:
         for view in self._watch:
             with self.lock:
                 self.state.view = view
-            self.metrics.seen.set(view.revision)
             self.wake.set()
+            self.metrics.seen.set(view.revision)
+            if view.ruleset is not None:  # commit -> delivered, by the committer's clock (one host: exact)
+                self._delivered[view.revision] = max(0.0, time.time() - _epoch(view.ruleset.changed_at))
+                self.metrics.change_step.labels("watch").observe(self._delivered[view.revision])
+
+    def _took(self, step: str, since: float) -> float:
+        """Record how long ``step`` of the change in progress took (metrics and the timings log line)."""
+        now = time.monotonic()
+        self.metrics.change_step.labels(step).observe(now - since)
+        self._timings[step] = self._timings.get(step, 0.0) + (now - since)
+        return now
 
     # --- one round --------------------------------------------------------------------
 
@@ -162,9 +177,49 @@ class Sidecar:
         return obs
 
     def _step(self, obs: Observation | None) -> bool:
-        """Decide one step from a fresh read and carry it out; True if another may follow at once."""
+        """Decide one step from a fresh read and carry it out; True if another may follow at once.
+
+        On a primary the read is made inside the node's setting lock, so an Apply writes the
+        setting rendered from that very read (one etcd read per step) and never an older one
+        than another writer already wrote.
+        """
         s = self.state
-        snap, term = self.store.read_both()
+        primary = obs is not None and obs.primary
+        target: steps.Desired | None = None
+        t = time.monotonic()
+        with self.node.setting_lock() if primary else contextlib.nullcontext() as writer:
+            if primary:
+                t = self._took("lock", t)
+            snap, term = self.store.read_both()
+            step = self._decide(snap, term, obs)
+            if isinstance(step, steps.Apply) and writer is not None:
+                t = self._took("read", t)
+                target = steps.desired(snap.ruleset, snap.revision, term.term.primary, self.settings.name)
+                writer.write(target)
+                t = self._took("write", t)
+        match step:
+            case steps.Apply():
+                return target is not None and self._verify(target, t)
+            case steps.Barrier(target=wanted):
+                return self._barrier(wanted)
+            case steps.Finalize():
+                self._finalize(snap, term)
+            case steps.Admit(member):
+                self._admit(member)
+            case steps.Idle() | steps.Fenced():
+                if (
+                    obs is not None
+                    and s.verified is not None
+                    and s.verified == obs.setting
+                    and primary
+                    and not s.fenced
+                ):
+                    self._applied(snap.revision)  # the committed rule's setting is in force
+                return False
+        return True
+
+    def _decide(self, snap: Snapshot, term: TermSnapshot, obs: Observation | None) -> steps.Step:
+        s = self.state
         now = time.monotonic()
         with self.lock:
             s.committed, s.term_primary = snap, term.term.primary
@@ -183,20 +238,7 @@ class Sidecar:
         with self.lock:
             s.fenced = step.reason if isinstance(step, steps.Fenced) else ""
         self.metrics.fenced.set(1 if s.fenced else 0)
-        match step:
-            case steps.Apply():
-                self._apply()
-            case steps.Barrier(target):
-                return self._barrier(target)
-            case steps.Finalize(revision):
-                self._finalize(Revision(revision))
-            case steps.Admit(member):
-                self._admit(member)
-            case steps.Idle() | steps.Fenced():
-                if s.verified is not None and s.verified == local.setting and local.primary and not s.fenced:
-                    self._applied(snap.revision)  # the committed rule's setting is in force
-                return False
-        return True
+        return step
 
     def _gate_decisions(self) -> None:
         """Export the gate's decisions on this node (it runs in another process: Patroni's hook)."""
@@ -234,25 +276,25 @@ class Sidecar:
             self.state.applied_revision = revision
         self.metrics.applied.set(revision)
 
-    def _apply(self) -> None:
-        """Render from the ruleset committed *now*, read inside the setting lock, write, wait until in force."""
-        with self.node.setting_lock() as writer:
-            snap, term = self.store.read_both()
-            target = steps.desired(snap.ruleset, snap.revision, term.term.primary, self.settings.name)
-            writer.write(target)
+    def _verify(self, target: steps.Desired, since: float) -> bool:
+        """Wait until the setting just written is in force; then it is this node's verified setting."""
         self.node.wait_in_force(target, timeout=self.settings.apply_timeout)
+        self._took("in_force", since)
         with self.lock:
             self.state.verified = target.setting
         self._applied(target.revision)
         log.info("applied revision %s: synchronous_standby_names = %s", target.revision, target.setting)
+        return True
 
     def _barrier(self, target: steps.Desired) -> bool:
         """Commit the barrier for ``target`` and wait until K of its standbys report it flushed."""
+        t = time.monotonic()
         try:
             lsn = self.node.barrier(target.revision, timeout=self.settings.barrier_timeout)
         except BarrierPendingError as e:
             log.warning("%s", e)
             return False
+        t = self._took("barrier", t)
         deadline = time.monotonic() + self.settings.barrier_timeout
         while not steps.barrier_proven(target, acked := self.node.acknowledged(lsn)):
             if time.monotonic() > deadline:
@@ -266,7 +308,8 @@ class Sidecar:
                     target.setting,
                 )
                 return False
-            self.stopping.wait(0.01)
+            self.stopping.wait(0.002)
+        self._took("proof", t)
         with self.lock:
             self.state.barrier_revision = target.revision
         log.info(
@@ -274,14 +317,20 @@ class Sidecar:
         )
         return True
 
-    def _finalize(self, revision: Revision) -> None:
+    def _finalize(self, snap: Snapshot, term: TermSnapshot) -> None:
+        """Finalize from the read the decision was made on: the CAS compares its ruleset *and* term revisions."""
+        t, revision = time.monotonic(), snap.revision
         try:
-            done = protocol.finalize(self.store, actor=self.settings.name, expected=revision)
+            done = protocol.finalize(self.store, actor=self.settings.name, based_on=(snap, term))
         except ConflictError:
-            return  # someone else moved it on: decide again from a new read
+            return  # someone else moved it on (or a failover moved the term): decide again from a new read
+        self._took("finalize", t)
         self.metrics.changes.labels("finalized").inc()
         self._applied(done.snapshot.revision)
         log.info("finalized at revision %s: %s", done.snapshot.revision, done.snapshot.ruleset.show())
+        steps_ms = {"watch": self._delivered.get(revision, 0.0), **self._timings}
+        log.info("timings revision=%s %s (ms)", revision, " ".join(f"{k}={v * 1000:.2f}" for k, v in steps_ms.items()))
+        self._timings, self._delivered = {}, {r: s for r, s in self._delivered.items() if r > revision}
 
     def _admission(self, snap: Snapshot, obs: Observation, now: float) -> Member | None:
         self.metrics.lags({r.name: r.lag_bytes for r in obs.replication})
@@ -395,13 +444,27 @@ class Sidecar:
         threading.Thread(target=self._follow, name="watch", daemon=True).start()
         while not self.stopping.is_set():
             self.tick()
-            self.wake.wait(self.settings.interval)
+            if self.wake.wait(self.settings.interval) and not self._primary():
+                # A standby has nothing urgent to do on a change: leave the cores to the primary's apply.
+                self.stopping.wait(STANDBY_SETTLE)
             self.wake.clear()
         self._watch.close()
+
+    def _primary(self) -> bool:
+        obs = self.state.observation
+        return obs is not None and obs.primary
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+
+
+def _epoch(iso: str) -> float:
+    """Seconds since the epoch of an ISO 8601 timestamp (``changed_at``); now if it does not parse."""
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def leave(store: Store, name: str, *, timeout: float) -> str:

@@ -166,8 +166,8 @@ class Stack:
             tls=self.sidecar_tls,
         )
         car.start()
+        self.sidecars[name] = car  # recorded first: close() kills it even if it never answers
         car.wait_http()
-        self.sidecars[name] = car
         return car
 
     def primary_setting(self) -> str:

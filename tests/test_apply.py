@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -19,9 +20,10 @@ from pgcohort import gate, protocol
 from pgcohort.adapters.postgres import PostgresNode, connector
 from pgcohort.core import ruleset as core
 from pgcohort.core.rules import AnyK, Member, Rule
-from pgcohort.errors import NotInForceError, RefusedError
+from pgcohort.core.steps import Desired
+from pgcohort.errors import RefusedError
 from pgcohort.metrics import Metrics
-from pgcohort.seams import Node, Snapshot, Store, TermSnapshot
+from pgcohort.seams import Node, SettingWriter, Snapshot, Store, TermSnapshot
 from pgcohort.sidecar import Settings, Sidecar
 from tests.conftest import make_store
 from tests.fakes import DelegatingNode, DelegatingStore
@@ -57,6 +59,28 @@ class HeldStore(DelegatingStore):
             self.holding.set()
             self.release.wait(30)
         return both
+
+
+class WriteLog(DelegatingNode):
+    """The real node; every setting written through its lock is appended, in the order written, to ``log``."""
+
+    def __init__(self, node: Node, log: list[int]) -> None:
+        super().__init__(node)
+        self.log = log
+
+    @contextlib.contextmanager
+    def setting_lock(self) -> Iterator[SettingWriter]:
+        with self.node.setting_lock() as writer:
+            yield _Logged(writer, self.log)
+
+
+class _Logged:
+    def __init__(self, writer: SettingWriter, log: list[int]) -> None:
+        self.writer, self.log = writer, log
+
+    def write(self, desired: Desired) -> None:
+        self.writer.write(desired)
+        self.log.append(desired.revision)
 
 
 class StaleWalSenders(DelegatingNode):
@@ -110,20 +134,20 @@ def test_two_writers_never_regress_the_setting(etcd3: EtcdCluster, cluster_name:
     store = make_store(etcd3, cluster_name)
     protocol.init(store, members(pg), "pg0", actor="t")
     held = HeldStore(store)
+    written: list[int] = []  # the revisions whose setting reached PostgreSQL, in the order written
     node_a, node_b = PostgresNode(pg.nodes["pg0"].dsn), PostgresNode(pg.nodes["pg0"].dsn)
-    a, b = sidecar(held, node_a), sidecar(store, node_b)
+    a, b = sidecar(held, WriteLog(node_a, written)), sidecar(store, WriteLog(node_b, written))
     held.armed.set()
 
     def write_a() -> None:
-        # B writes revision 2 over A's value before A sees it in force: that is what must happen.
-        with contextlib.suppress(NotInForceError):
-            a._apply()
+        # B writes revision 2 over A's value before A sees it in force (tick logs the NotInForceError).
+        a.tick()
 
     ta = threading.Thread(target=write_a, name="writer-a")
     ta.start()
     assert held.holding.wait(10), "writer A never read the ruleset"
     protocol.propose(store, core.SetPolicy(AnyK(2)), actor="t")  # revision 2: ANY 2 (pg1, pg2)
-    tb = threading.Thread(target=b._apply, name="writer-b")
+    tb = threading.Thread(target=b.tick, name="writer-b")
     tb.start()
     tb.join(2)  # B completes if nothing serialises it behind A; with the lock it waits
     held.release.set()
@@ -132,7 +156,10 @@ def test_two_writers_never_regress_the_setting(etcd3: EtcdCluster, cluster_name:
     assert not ta.is_alive() and not tb.is_alive()
     node_a.close()
     node_b.close()
-    assert shown(pg) == "ANY 2 (pg1, pg2)", "the older writer regressed the setting to revision 1"
+    assert written == sorted(written), (
+        f"the older writer regressed the setting (revisions written, in order: {written})"
+    )
+    assert shown(pg) == "ANY 2 (pg1, pg2)"
 
 
 def test_the_gate_refuses_when_a_surveyed_member_is_a_primary(

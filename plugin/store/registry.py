@@ -9,9 +9,12 @@ resets TTLs), so nothing decides on a record's presence alone.
 
 from __future__ import annotations
 
+import time
+
 from pgcohort.core import decision, node
 from pgcohort.core.decision import GateDecision
 from pgcohort.core.node import NodeRecord
+from pgcohort.errors import StoreUnavailableError
 from pgcohort.store.transport import Transport, b64, unb64
 
 
@@ -64,12 +67,24 @@ class NodeRegistration:
     def __init__(self, registry: NodeRegistry, name: str, ttl: int) -> None:
         self.registry, self.name, self.ttl = registry, name, ttl
         self.lease: int | None = None
+        self._renewed = 0.0  # monotonic time of the last keepalive or grant
 
     def publish(self, record: NodeRecord) -> None:
-        """Renew the lease (granting a new one if it expired) and write ``record``."""
-        if self.lease is None or self.registry.keepalive(self.lease) <= 0:
-            self.lease = self.registry.grant(self.ttl)
-        self.registry.put(self.name, node.encode(record), self.lease)
+        """Write ``record`` on the lease, renewing it once a third of its TTL has passed (one request
+        per publish otherwise: a change makes every sidecar publish at once), or granting a new one
+        if it expired."""
+        now = time.monotonic()
+        if self.lease is None or now - self._renewed >= self.ttl / 3:
+            if self.lease is None or self.registry.keepalive(self.lease) <= 0:
+                self.lease = self.registry.grant(self.ttl)
+            self._renewed = now
+        try:
+            self.registry.put(self.name, node.encode(record), self.lease)
+        except StoreUnavailableError as e:
+            if "lease not found" not in str(e):
+                raise
+            self.lease, self._renewed = self.registry.grant(self.ttl), now  # revoked or expired early
+            self.registry.put(self.name, node.encode(record), self.lease)
 
     def withdraw(self) -> None:
         self.registry.delete(self.name)

@@ -71,9 +71,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "read-before-lock",
         "writes of the setting are serialised, rendered from a read inside the lock",
         "plugin/sidecar.py",
-        "        with self.node.setting_lock() as writer:\n            snap, term = self.store.read_both()\n",
+        "        with self.node.setting_lock() if primary else contextlib.nullcontext() as writer:\n"
+        "            if primary:\n"
+        '                t = self._took("lock", t)\n'
+        "            snap, term = self.store.read_both()\n",
         "        snap, term = self.store.read_both()  # MUTATION: read before the lock\n"
-        "        with self.node.setting_lock() as writer:\n",
+        "        with self.node.setting_lock() if primary else contextlib.nullcontext() as writer:\n"
+        "            if primary:\n"
+        '                t = self._took("lock", t)\n',
         ("tests/test_apply.py::test_two_writers_never_regress_the_setting",),
     ),
     Mutation(
