@@ -212,8 +212,9 @@ def soak(st: Stack, minutes: float, pids: dict[str, int]) -> None:
     end = t0 + minutes * 60
     changes = 0
     samples: list[float] = []
+    baseline = BareCas(st.etcd_cluster.leader().client_port, key="/bench/soak")
     while time.monotonic() < end:
-        e, _ = rounds(st, 1, BareCas(st.etcd_cluster.leader().client_port, key="/bench/soak"))
+        e, _ = rounds(st, 1, baseline)
         samples += e
         changes += 2
         time.sleep(max(0.0, 4 - (time.monotonic() - t0) % 4))

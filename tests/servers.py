@@ -120,6 +120,7 @@ class EtcdCluster:
     token: str = field(default_factory=lambda: "pgcohort-" + uuid.uuid4().hex[:8])
     certs: Certs | None = None  # client TLS with --client-cert-auth
     auth_token_ttl: int | None = None  # seconds a simple auth token lives unused
+    extra_args: list[str] = field(default_factory=list)  # more etcd flags (benchmarks)
 
     def start(self, timeout: float = 20.0) -> EtcdCluster:
         ports = free_ports(2 * self.size)
@@ -164,6 +165,7 @@ class EtcdCluster:
                      "--trusted-ca-file", c.path("ca.pem"), "--client-cert-auth"]  # fmt: skip
         if self.auth_token_ttl is not None:
             args += ["--auth-token-ttl", str(self.auth_token_ttl)]
+        args += self.extra_args
         with open(m.log_path, "ab") as log:
             m.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

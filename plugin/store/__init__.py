@@ -50,10 +50,26 @@ class EtcdStore:
             raise InvalidInputError(f"invalid cluster name {cluster!r}: it must be non-empty and contain no '/'")
         if prefix.startswith("/service/") or prefix == "/service":
             raise InvalidInputError("the pgcohort prefix must not be under Patroni's /service/")
-        self.root = f"{prefix.rstrip('/')}/{cluster}/"
-        self.transport = Transport(endpoints, timeout=timeout, retry_for=retry_for, security=security, observe=observe)
-        self.records = Records(self.transport, self.root)
-        self.registry = NodeRegistry(self.transport, self.root)
+        self.prefix = prefix
+        self._attach(
+            cluster, Transport(endpoints, timeout=timeout, retry_for=retry_for, security=security, observe=observe)
+        )
+
+    def _attach(self, cluster: str, transport: Transport) -> None:
+        self.root = f"{self.prefix.rstrip('/')}/{cluster}/"
+        self.transport = transport
+        self.records = Records(transport, self.root)
+        self.registry = NodeRegistry(transport, self.root)
+
+    def for_cluster(self, cluster: str) -> EtcdStore:
+        """The store of another cluster under the same prefix, over this store's connections and credentials
+        (one process driving many clusters, such as bench/fleet.py, needs no connection pool per cluster)."""
+        if not cluster or "/" in cluster:
+            raise InvalidInputError(f"invalid cluster name {cluster!r}: it must be non-empty and contain no '/'")
+        other = object.__new__(EtcdStore)
+        other.prefix = self.prefix
+        other._attach(cluster, self.transport)
+        return other
 
     def close(self) -> None:
         self.transport.close()
