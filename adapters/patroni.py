@@ -34,6 +34,7 @@ import json
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -89,18 +90,26 @@ class PatroniAPI:
     def __init__(self, url: str, *, auth: str | None = None, timeout: float = 3.0) -> None:
         if not url.startswith(("http://", "https://")):
             url = "http://" + url
+        try:
+            host = urllib.parse.urlsplit(url).hostname
+        except ValueError:  # an unclosed IPv6 bracket
+            host = None
+        if not host or any(c.isspace() or ord(c) < 32 for c in url):
+            raise InvalidInputError(
+                f"invalid Patroni REST API URL {url!r}: write http://HOST:PORT; nothing was changed"
+            )
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._auth = "Basic " + base64.b64encode(auth.encode()).decode() if auth else None
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self._auth:
-            req.add_header("Authorization", self._auth)
         try:
+            req = urllib.request.Request(self.url + path, data=data, method=method)
+            if data is not None:
+                req.add_header("Content-Type", "application/json")
+            if self._auth:
+                req.add_header("Authorization", self._auth)
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:

@@ -148,7 +148,7 @@ def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
             if isinstance(raw, bool) or float(raw) != int(float(raw)):
                 raise ValueError
             number = int(float(raw))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: inf
             problems.append(f"{s.dotted} ({source}): expected a whole number, got {raw!r}")
             return None
         if number < 0:

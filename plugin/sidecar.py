@@ -110,8 +110,11 @@ class Sidecar:
             self.wake.set()
             self.metrics.seen.set(view.revision)
             if view.ruleset is not None:  # commit -> delivered, by the committer's clock (one host: exact)
-                self._delivered[view.revision] = max(0.0, time.time() - _epoch(view.ruleset.changed_at))
-                self.metrics.change_step.labels("watch").observe(self._delivered[view.revision])
+                delivered = self._delivered
+                delivered[view.revision] = max(0.0, time.time() - _epoch(view.ruleset.changed_at))
+                self.metrics.change_step.labels("watch").observe(delivered[view.revision])
+                for old in sorted(delivered)[:-16]:  # a standby never finalizes: keep the last few only
+                    delivered.pop(old, None)
 
     def _took(self, step: str, since: float) -> float:
         """Record how long ``step`` of the change in progress took (metrics and the timings log line)."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pgcohort import cli, config, protocol
@@ -154,6 +154,8 @@ def test_patronis_configuration_decoder(value: Any) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([s.env for s in config.SCHEMA]), st.text(max_size=30)), max_size=6))
+@example([("PGCOHORT_NODE_PORT", "inf")])  # found by CI: int(float('inf')) overflowed
+@example([("PGCOHORT_ETCD_TIMEOUT", "nan"), ("PGCOHORT_SIDECAR_INTERVAL", "1e400")])
 def test_any_configuration_value_is_accepted_or_refused(pairs: list[tuple[str, str]]) -> None:
     env = {"PGCOHORT_CLUSTER": "c", **dict(pairs)}
     try:
@@ -175,7 +177,8 @@ OPTIONS = ["--member", "--primary", "--policy", "--from-patroni", "--host", "--p
            "--timeout", "--config", "--etcd", "--name", "--since", "--count", "-h"]  # fmt: skip
 WORDS = st.sampled_from(
     OPTIONS + ["pg0", "pg1", "pg9", "any 1", "any 0", "any -1", "cross-zone", "pg9@127.0.0.1:1/z", "/service/x",
-               "", "-", "--", "1e9", "-5", "nan", "x" * 70, "pg/0", "PG1", "http://127.0.0.1:1", "/nonexistent"]
+               "", "-", "--", "1e9", "-5", "nan", "x" * 70, "pg/0", "PG1", "http://127.0.0.1:1", "/nonexistent",
+               "[", "http://a:xx", "http:// ", "https://[::1"]
 ) | st.text(max_size=12)  # fmt: skip
 
 

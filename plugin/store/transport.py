@@ -142,10 +142,14 @@ class Endpoint:
 
     @staticmethod
     def parse(text: str) -> Endpoint:
-        url = urlsplit(text if "://" in text else "http://" + text)
-        if url.scheme not in ("http", "https") or not url.hostname or not url.port:
+        try:
+            url = urlsplit(text if "://" in text else "http://" + text)
+            scheme, host, port = url.scheme, url.hostname, url.port  # .port raises on a non-numeric port
+        except ValueError:
+            scheme, host, port = "", None, None
+        if scheme not in ("http", "https") or not host or not port or any(c.isspace() for c in text):
             raise InvalidInputError(f"invalid etcd endpoint {text!r}: write http://HOST:PORT")
-        return Endpoint(url.scheme, url.hostname, url.port)
+        return Endpoint(scheme, host, port)
 
 
 class Transport:
