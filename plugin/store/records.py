@@ -85,17 +85,20 @@ class Records:
 
     def read_both(self) -> tuple[Snapshot, TermSnapshot]:
         """The ruleset and the term at one revision: one read-only (linearizable) transaction."""
+        ruleset, term = self._raw_both("run `pgcohort init` for this cluster first")
+        snap, now = self.snapshot(ruleset), self._term(term)
+        check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")
+        return snap, now
+
+    def _raw_both(self, if_missing: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The ruleset's and the term's kvs at one revision (one read-only, linearizable transaction)."""
         resp = self.transport.request(
             "kv/txn", {"compare": [], "success": [get(self.ruleset_key), get(self.term_key)], "failure": []}
         )
         ruleset, term = branch_kvs(resp, 0), branch_kvs(resp, 1)
         if not ruleset or not term:
-            raise NotInitializedError(
-                f"no ruleset or term under {self.root}: run `pgcohort init` for this cluster first"
-            )
-        snap, now = self.snapshot(ruleset[0]), self._term(term[0])
-        check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")
-        return snap, now
+            raise NotInitializedError(f"no ruleset or term under {self.root}: {if_missing}")
+        return ruleset[0], term[0]
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
         return self._audit("history/0", decode)  # version keys, not history/term-*
@@ -125,16 +128,10 @@ class Records:
 
         Returns what was restored. RefusedError if both records are valid (nothing is written).
         """
-        resp = self.transport.request(
-            "kv/txn", {"compare": [], "success": [get(self.ruleset_key), get(self.term_key)], "failure": []}
+        rs_kv, term_kv = self._raw_both(
+            "nothing to restore (a deleted key cannot be restored through the protocol; run `pgcohort init` "
+            "for a new cluster)"
         )
-        rs_kvs, term_kvs = branch_kvs(resp, 0), branch_kvs(resp, 1)
-        if not rs_kvs or not term_kvs:
-            raise NotInitializedError(
-                f"no ruleset or term under {self.root}: nothing to restore (a deleted key cannot be restored "
-                "through the protocol; run `pgcohort init` for a new cluster)"
-            )
-        rs_kv, term_kv = rs_kvs[0], term_kvs[0]
         term: Term | None = None
         problems: dict[str, str] = {}
         try:
