@@ -116,9 +116,9 @@ class Sidecar:
                 for old in sorted(delivered)[:-16]:  # a standby never finalizes: keep the last few only
                     delivered.pop(old, None)
 
-    def _took(self, step: str, since: float) -> float:
+    def _took(self, step: str, since: float, now: float | None = None) -> float:
         """Record how long ``step`` of the change in progress took (metrics and the timings log line)."""
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         self.metrics.change_step.labels(step).observe(now - since)
         self._timings[step] = self._timings.get(step, 0.0) + (now - since)
         return now
@@ -191,12 +191,12 @@ class Sidecar:
         target: steps.Desired | None = None
         t = time.monotonic()
         with self.node.setting_lock() if primary else contextlib.nullcontext() as writer:
-            if primary:
-                t = self._took("lock", t)
+            locked = time.monotonic()
             snap, term = self.store.read_both()
             step = self._decide(snap, term, obs)
-            if isinstance(step, steps.Apply) and writer is not None:
-                t = self._took("read", t)
+            if isinstance(step, steps.Apply) and writer is not None:  # timed only for a change, not idle rounds
+                self._took("lock", t, locked)
+                t = self._took("read", locked)
                 target = steps.desired(snap.ruleset, snap.revision, term.term.primary, self.settings.name)
                 writer.write(target)
                 t = self._took("write", t)

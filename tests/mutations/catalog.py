@@ -72,13 +72,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "writes of the setting are serialised, rendered from a read inside the lock",
         "plugin/sidecar.py",
         "        with self.node.setting_lock() if primary else contextlib.nullcontext() as writer:\n"
-        "            if primary:\n"
-        '                t = self._took("lock", t)\n'
+        "            locked = time.monotonic()\n"
         "            snap, term = self.store.read_both()\n",
         "        snap, term = self.store.read_both()  # MUTATION: read before the lock\n"
         "        with self.node.setting_lock() if primary else contextlib.nullcontext() as writer:\n"
-        "            if primary:\n"
-        '                t = self._took("lock", t)\n',
+        "            locked = time.monotonic()\n",
         ("tests/test_apply.py::test_two_writers_never_regress_the_setting",),
     ),
     Mutation(
