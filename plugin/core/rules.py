@@ -15,6 +15,7 @@ members of E.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -159,7 +160,7 @@ class Rule:
                 )
             seen.add(key)
 
-    @property
+    @functools.cached_property
     def names(self) -> frozenset[str]:
         return frozenset(m.name for m in self.cohort)
 

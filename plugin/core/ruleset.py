@@ -25,6 +25,7 @@ Transitions are pure functions from a ruleset to the next one; the store commits
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -282,26 +283,33 @@ def _policy_from(d: Any, where: str) -> Policy:
     return parse_policy(kind)
 
 
+_MEMBER_FIELDS = (("name", str), ("host", str), ("port", int), ("zone", str))
+
+
 def _rule_from(d: Any, where: str) -> Rule:
     if not isinstance(d, dict):
         raise InvalidInputError(f"{where}: must be an object")
     cohort = _field(d, "cohort", list, where)
-    members = []
+    rows = []
     for i, m in enumerate(cohort):
-        w = f"{where}.cohort[{i}]"
         if not isinstance(m, dict):
-            raise InvalidInputError(f"{w}: must be an object")
-        members.append(
-            Member(
-                _field(m, "name", str, w),
-                _field(m, "host", str, w),
-                _field(m, "port", int, w),
-                _field(m, "zone", str, w),
-            )
-        )
-    if not members:
+            raise InvalidInputError(f"{where}.cohort[{i}]: must be an object")
+        name, host, port, zone = row = (m.get("name"), m.get("host"), m.get("port"), m.get("zone"))
+        if type(name) is not str or type(host) is not str or type(port) is not int or type(zone) is not str:
+            for key, kind in _MEMBER_FIELDS:  # raises, naming the first bad field
+                _field(m, key, kind, f"{where}.cohort[{i}]")
+        rows.append(row)
+    if not rows:
         raise InvalidInputError(f"{where}: the cohort is empty")
-    return Rule(_policy_from(d.get("policy"), f"{where}.policy"), tuple(members))
+    return _rule(_policy_from(d.get("policy"), f"{where}.policy"), tuple(rows))
+
+
+@functools.lru_cache(maxsize=256)
+def _rule(policy: Policy, rows: tuple[tuple[str, str, int, str], ...]) -> Rule:
+    """The validated rule of these exact fields (their types already checked, so 1 and True never
+    share an entry). Every version repeats the same rules (a joint one holds two), and each
+    sidecar decodes every version it is sent: the immutable, validated rule is reused."""
+    return Rule(policy, tuple(Member(*row) for row in rows))
 
 
 def from_record(d: Any) -> Ruleset:

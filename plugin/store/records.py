@@ -201,11 +201,12 @@ class Records:
         return _Lost(now[0] if now else None, ours[0] if ours and writer_of(ours[0]) == writer else None)
 
     def init(self, ruleset: Ruleset, term: Term) -> Revision:
+        value, term_value = encode(ruleset), encode_term(term)
         success = [
-            put(self.ruleset_key, encode(ruleset)),
-            put(self.history_key(ruleset.version), encode(ruleset)),
-            put(self.term_key, encode_term(term)),
-            put(self.term_history_key(term.term), encode_term(term)),
+            put(self.ruleset_key, value),
+            put(self.history_key(ruleset.version), value),
+            put(self.term_key, term_value),
+            put(self.term_history_key(term.term), term_value),
         ]
         compare = [absent(self.ruleset_key), absent(self.term_key)]
         done = self._cas(compare, success, self.ruleset_key, self.history_key(ruleset.version), ruleset.writer)
@@ -222,8 +223,8 @@ class Records:
         compare = [mod_equals(self.ruleset_key, expected)]
         if term_revision is not None:
             compare.append(mod_equals(self.term_key, term_revision))
-        history = self.history_key(ruleset.version)
-        success = [put(self.ruleset_key, encode(ruleset)), put(history, encode(ruleset))]
+        history, value = self.history_key(ruleset.version), encode(ruleset)
+        success = [put(self.ruleset_key, value), put(history, value)]
         done = self._cas(compare, success, self.ruleset_key, history, ruleset.writer)
         if not isinstance(done, _Lost):
             return done

@@ -6,7 +6,9 @@ Promises (the measurements behind them are in ``docs/STORE.md``):
   timeout on every request, a shared session that ignores proxy/CA environment variables.
   A request that could not be sent (connection refused) moves to the next endpoint.
 * **Reads are linearizable** (etcd's default range) and retried on the next endpoint
-  until ``retry_for`` runs out.
+  until ``retry_for`` runs out. Every request's first attempt is sent directly; only a
+  failed one enters tenacity's schedule (an immediate retry on the next endpoint, then
+  exponential backoff), so the retry machinery costs nothing while etcd answers.
 * **Writes are sent unchanged until a definite answer.** A transaction whose answer was
   lost may have committed: :meth:`Transport.txn` retries the *same* compare, and raises
   :class:`IndeterminateError` only if no attempt got a definite answer in time. Callers
@@ -302,9 +304,11 @@ class Transport:
             )
         return f"{where}: {fix}. Nothing was changed{f' ({short(reason)})' if reason else ''}"
 
-    def _retrying(self) -> tenacity.Retrying:
+    def _retrying(self, started: float) -> tenacity.Retrying:
+        """The retries after a first attempt that failed: until ``retry_for`` after ``started``."""
+        deadline = started + self.retry_for
         return tenacity.Retrying(
-            stop=tenacity.stop_after_delay(self.retry_for),
+            stop=lambda _: time.monotonic() >= deadline,
             wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
             retry=tenacity.retry_if_exception_type((NotSent, Unanswered)),
             reraise=True,
@@ -312,8 +316,13 @@ class Transport:
 
     def request(self, path: str, body: dict[str, Any]) -> Any:
         """A read, or a write that is safe to repeat (a leased put, a delete): retried on any failure."""
+        started = time.monotonic()
         try:
-            return self._retrying()(self._send_once, path, body)
+            try:
+                return self._send_once(path, body)
+            except (NotSent, Unanswered):
+                pass  # retried below; the failure already moved to the next endpoint
+            return self._retrying(started)(self._send_once, path, body)
         except (NotSent, Unanswered) as e:
             raise StoreUnavailableError(
                 f"no etcd endpoint answered within {self.retry_for:g}s (last: {e}); nothing was "
@@ -341,8 +350,15 @@ class Transport:
         """
         body = {"compare": compare, "success": success, "failure": failure}
         ambiguous: str | None = None
+        started = time.monotonic()
         try:
-            for attempt in self._retrying():
+            try:
+                return self._txn_answer(self._send_once("kv/txn", body))
+            except Unanswered as e:
+                ambiguous = str(e)
+            except NotSent:
+                pass
+            for attempt in self._retrying(started):
                 with attempt:
                     try:
                         resp = self._send_once("kv/txn", body)
@@ -364,6 +380,10 @@ class Transport:
                 f"a write was sent but not confirmed within {self.retry_for:g}s ({e}); it may still "
                 "commit. Re-read (`pgcohort status`) before trying again"
             ) from None
+        return self._txn_answer(resp)
+
+    @staticmethod
+    def _txn_answer(resp: Any) -> tuple[bool, Any]:
         return bool(resp.get("succeeded", False)), resp
 
 
