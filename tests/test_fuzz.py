@@ -102,6 +102,17 @@ def test_the_ruleset_decoder(raw: bytes) -> None:
     assert core.decode(core.encode(rs), "again") == rs
 
 
+@pytest.mark.parametrize("field, value", [("port", 5432.0), ("port", True), ("name", None), ("zone", 7)])
+def test_the_decoders_cache_of_rules_never_admits_a_lookalike(field: str, value: Any) -> None:
+    """Decoding reuses validated rules; 5432.0 and True hash like 5432 and 1, yet stay refused."""
+    good = RULESETS[0]
+    assert core.decode(json.dumps(good).encode(), "warm") is not None  # the rule is now cached
+    bad: Any = json.loads(json.dumps(good))
+    bad["rule"]["cohort"][0][field] = value
+    with pytest.raises(InvalidRecordError, match=f"'{field}' has the wrong type"):
+        core.decode(json.dumps(bad).encode(), "lookalike")
+
+
 @settings(max_examples=300, deadline=None)
 @given(inputs(TERM))
 def test_the_term_decoder(raw: bytes) -> None:

@@ -251,8 +251,12 @@ def test_unreachable_endpoints_rotate(etcd3: EtcdCluster, cluster_name: str) -> 
 
 def test_no_endpoint_answers(cluster_name: str) -> None:
     s = EtcdStore(["http://127.0.0.1:1", "http://127.0.0.1:2"], cluster_name, timeout=0.5, retry_for=1)
+    started = time.monotonic()
     with pytest.raises(StoreUnavailableError, match="no etcd endpoint answered"):
         s.read()
+    # retry_for counts from the first attempt (sent outside tenacity), and it is used up
+    assert 1.0 <= time.monotonic() - started < 2.5
+    assert s.stats().rotations >= 3
     with pytest.raises(StoreUnavailableError, match="not sent, nothing was changed"):
         s.init(
             core.initial(three_members(), "pg0", changed_by="", now="", writer="w"), core.Term(1, "pg0", 0, writer="w")
