@@ -25,7 +25,6 @@ Transitions are pure functions from a ruleset to the next one; the store commits
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -283,33 +282,47 @@ def _policy_from(d: Any, where: str) -> Policy:
     return parse_policy(kind)
 
 
-_MEMBER_FIELDS = (("name", str), ("host", str), ("port", int), ("zone", str))
-
-
 def _rule_from(d: Any, where: str) -> Rule:
+    """The validated rule of a record's ``rule`` or ``previous`` object.
+
+    Every version repeats rules (a joint one holds two, and the next stable one keeps the
+    new rule), and every sidecar decodes every version it is sent: a rule validated once is
+    reused for an object of the same ``repr``. That is exact for decoded JSON (``1``, ``1.0``
+    and ``True`` differ in it), so nothing that would be refused is ever admitted by the cache.
+    """
+    key = repr(d)
+    rule = _RULES.get(key)
+    if rule is None:
+        rule = _validated_rule(d, where)
+        if len(_RULES) >= 256:
+            _RULES.clear()
+        _RULES[key] = rule
+    return rule
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def _validated_rule(d: Any, where: str) -> Rule:
     if not isinstance(d, dict):
         raise InvalidInputError(f"{where}: must be an object")
     cohort = _field(d, "cohort", list, where)
-    rows = []
+    members = []
     for i, m in enumerate(cohort):
+        w = f"{where}.cohort[{i}]"
         if not isinstance(m, dict):
-            raise InvalidInputError(f"{where}.cohort[{i}]: must be an object")
-        name, host, port, zone = row = (m.get("name"), m.get("host"), m.get("port"), m.get("zone"))
-        if type(name) is not str or type(host) is not str or type(port) is not int or type(zone) is not str:
-            for key, kind in _MEMBER_FIELDS:  # raises, naming the first bad field
-                _field(m, key, kind, f"{where}.cohort[{i}]")
-        rows.append(row)
-    if not rows:
+            raise InvalidInputError(f"{w}: must be an object")
+        members.append(
+            Member(
+                _field(m, "name", str, w),
+                _field(m, "host", str, w),
+                _field(m, "port", int, w),
+                _field(m, "zone", str, w),
+            )
+        )
+    if not members:
         raise InvalidInputError(f"{where}: the cohort is empty")
-    return _rule(_policy_from(d.get("policy"), f"{where}.policy"), tuple(rows))
-
-
-@functools.lru_cache(maxsize=256)
-def _rule(policy: Policy, rows: tuple[tuple[str, str, int, str], ...]) -> Rule:
-    """The validated rule of these exact fields (their types already checked, so 1 and True never
-    share an entry). Every version repeats the same rules (a joint one holds two), and each
-    sidecar decodes every version it is sent: the immutable, validated rule is reused."""
-    return Rule(policy, tuple(Member(*row) for row in rows))
+    return Rule(_policy_from(d.get("policy"), f"{where}.policy"), tuple(members))
 
 
 def from_record(d: Any) -> Ruleset:
