@@ -18,7 +18,7 @@ re-verifies after 10 s of silence (a linearizable read and a new stream). The be
 ``--experimental-watch-progress-notify-interval 5s`` (idle streams stay up) unless
 ``--etcd-progress-notify 10m`` asks for etcd's default, which shows what the re-verification costs.
 
-    python bench/fleet.py [--sizes 10,100,1000] [--rate 20] [--seconds 30] [--procs 4]
+    python bench/fleet.py [--sizes 10,100,1000] [--rate 20] [--seconds 60] [--procs 4]
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--rate", type=float, default=20.0, help="changes per second across the fleet")
-    ap.add_argument("--seconds", type=float, default=30.0, help="seconds of changes per size")
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds of changes per size")
     ap.add_argument("--procs", type=int, default=4, help="watcher processes")
     ap.add_argument("--etcd-progress-notify", default="5s", help="etcd's watch progress notify interval")
     args = ap.parse_args()
