@@ -321,7 +321,7 @@ class Transport:
             try:
                 return self._send_once(path, body)
             except (NotSent, Unanswered):
-                pass  # retried below; the failure already moved to the next endpoint
+                pass  # retried below (an endpoint that failed was already left for the next)
             return self._retrying(started)(self._send_once, path, body)
         except (NotSent, Unanswered) as e:
             raise StoreUnavailableError(
