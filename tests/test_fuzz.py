@@ -104,7 +104,7 @@ def test_the_ruleset_decoder(raw: bytes) -> None:
 
 @pytest.mark.parametrize("field, value", [("port", 5432.0), ("port", True), ("name", None), ("zone", 7)])
 def test_the_decoders_cache_of_rules_never_admits_a_lookalike(field: str, value: Any) -> None:
-    """Decoding reuses validated rules; 5432.0 and True hash like 5432 and 1, yet stay refused."""
+    """Decoding reuses validated rules; 5432.0 and True equal 5432 and 1 in Python, yet stay refused."""
     good = RULESETS[0]
     assert core.decode(json.dumps(good).encode(), "warm") is not None  # the rule is now cached
     bad: Any = json.loads(json.dumps(good))

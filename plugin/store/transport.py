@@ -304,25 +304,27 @@ class Transport:
             )
         return f"{where}: {fix}. Nothing was changed{f' ({short(reason)})' if reason else ''}"
 
-    def _retrying(self, started: float) -> tenacity.Retrying:
-        """The retries after a first attempt that failed: until ``retry_for`` after ``started``."""
+    def _attempts(self, send: Callable[[], Any]) -> Any:
+        """``send()`` once, outside any retry machinery; after a failure (NotSent, Unanswered),
+        again on tenacity's schedule (at once, then backing off) until ``retry_for`` after the
+        first attempt. The last failure is raised."""
+        started = time.monotonic()
+        try:
+            return send()
+        except (NotSent, Unanswered):
+            pass  # an endpoint that failed was already left for the next
         deadline = started + self.retry_for
         return tenacity.Retrying(
             stop=lambda _: time.monotonic() >= deadline,
             wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
             retry=tenacity.retry_if_exception_type((NotSent, Unanswered)),
             reraise=True,
-        )
+        )(send)
 
     def request(self, path: str, body: dict[str, Any]) -> Any:
         """A read, or a write that is safe to repeat (a leased put, a delete): retried on any failure."""
-        started = time.monotonic()
         try:
-            try:
-                return self._send_once(path, body)
-            except (NotSent, Unanswered):
-                pass  # retried below (an endpoint that failed was already left for the next)
-            return self._retrying(started)(self._send_once, path, body)
+            return self._attempts(lambda: self._send_once(path, body))
         except (NotSent, Unanswered) as e:
             raise StoreUnavailableError(
                 f"no etcd endpoint answered within {self.retry_for:g}s (last: {e}); nothing was "
@@ -350,21 +352,17 @@ class Transport:
         """
         body = {"compare": compare, "success": success, "failure": failure}
         ambiguous: str | None = None
-        started = time.monotonic()
-        try:
+
+        def send() -> Any:
+            nonlocal ambiguous
             try:
-                return self._txn_answer(self._send_once("kv/txn", body))
+                return self._send_once("kv/txn", body)
             except Unanswered as e:
                 ambiguous = str(e)
-            except NotSent:
-                pass
-            for attempt in self._retrying(started):
-                with attempt:
-                    try:
-                        resp = self._send_once("kv/txn", body)
-                    except Unanswered as e:
-                        ambiguous = str(e)
-                        raise
+                raise
+
+        try:
+            resp = self._attempts(send)
         except NotSent as e:
             if ambiguous is None:
                 raise StoreUnavailableError(
@@ -380,10 +378,6 @@ class Transport:
                 f"a write was sent but not confirmed within {self.retry_for:g}s ({e}); it may still "
                 "commit. Re-read (`pgcohort status`) before trying again"
             ) from None
-        return self._txn_answer(resp)
-
-    @staticmethod
-    def _txn_answer(resp: Any) -> tuple[bool, Any]:
         return bool(resp.get("succeeded", False)), resp
 
 
