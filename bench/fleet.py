@@ -8,17 +8,21 @@ commits membership changes at a steady rate across the fleet (add a member, fina
 finalize: the real ruleset CAS with its history entry, on a random cluster each time) and every watcher
 reports each revision it observes on the shared monotonic clock.
 
-Printed per size: propagation from the commit to *all three* of that cluster's watchers (p50, p99, and
-the ratio to a bare etcd CAS measured in the same run); etcd's CPU and RSS (its three members), the
-watcher processes' and the generator's; TCP connections to etcd and the watches etcd counts; and the
-average cost per cluster (over an idle etcd), and what each further cluster costs between sizes.
+Printed per size, while changes run: propagation from the commit to *all three* of that cluster's
+watchers (p50, p99, and the ratio to a bare etcd CAS measured in the same run); etcd's CPU and RSS (its
+three members), the watcher processes' and the generator's; TCP connections to etcd and the watches
+etcd counts; and what a change costs (the CPU the changes add over the still fleet, per change per
+second). Then, with no changes for ``--idle`` seconds, the fleet's standing cost (etcd and the
+watchers) over the same etcd measured empty before the clusters were created: per cluster, and what
+each further cluster costs between sizes. The change rate is the fleet's, fixed, so a change's cost
+is compared across sizes on its own, and cost per cluster is read where clusters alone make it.
 
 etcd 3.4 sends watch progress notifications every 10 minutes by default, so an idle RulesetWatch
 re-verifies after 10 s of silence (a linearizable read and a new stream). The bench runs etcd with
 ``--experimental-watch-progress-notify-interval 5s`` (idle streams stay up) unless
 ``--etcd-progress-notify 10m`` asks for etcd's default, which shows what the re-verification costs.
 
-    python bench/fleet.py [--sizes 10,100,1000] [--rate 20] [--seconds 60] [--procs 4]
+    python bench/fleet.py [--sizes 10,100,1000] [--rate 20] [--seconds 60] [--idle 30] [--procs 4]
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ def cpu_rss(pid: int) -> tuple[float, int]:
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), rss
+
+
+def standing(pids: list[int], seconds: float) -> tuple[float, float]:
+    """(CPU in % of a core, RSS in MB) of ``pids`` together over ``seconds`` of waiting."""
+    first = {p: cpu_rss(p) for p in pids}
+    time.sleep(seconds)
+    last = {p: cpu_rss(p) for p in pids}
+    cpu = sum(last[p][0] - first[p][0] for p in pids) / seconds * 100
+    return cpu, sum(last[p][1] for p in pids) / 2**20
 
 
 def connections(ports: set[int]) -> int:
@@ -115,11 +128,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
         store = EtcdStore(etcd.endpoints, "c0", prefix=PREFIX, timeout=5, retry_for=60)
         etcd_pids = [m.proc.pid for m in etcd.members if m.proc]
         time.sleep(2)
-        idle0 = {p: cpu_rss(p) for p in etcd_pids}
-        time.sleep(5)
-        idle1 = {p: cpu_rss(p) for p in etcd_pids}
-        idle_cpu = sum(idle1[p][0] - idle0[p][0] for p in etcd_pids) / 5
-        idle_rss = sum(idle1[p][1] for p in etcd_pids)
+        empty = standing(etcd_pids, args.idle)  # etcd with no cluster yet: its own heartbeats
 
         stores = [store.for_cluster(f"c{i}") for i in range(n)]
         for s in stores:
@@ -190,6 +199,12 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
         time.sleep(2)
         stop.set()
         collector.join(10)
+        # The standing cost of n clusters: no changes, only their keys, watches and etcd's progress
+        # notifications on every stream. A change costs the same whatever the fleet's size (the
+        # rate is fixed), so this window, not the one with changes, is where cost per cluster shows;
+        # it is also far steadier (see docs/PERFORMANCE.md).
+        still = standing([*etcd_pids, *watcher_pids], args.idle)
+        still_etcd_rss = sum(cpu_rss(p)[1] for p in etcd_pids) / 2**20
 
         lat = []
         missing = 0
@@ -223,9 +238,15 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
             "conns": conns,
             "watches": watches,
             "streams": streams,
-            # marginal cost of one cluster over an idle etcd: CPU (% of a core) and memory (MB)
-            "per_cpu": (etcd_cpu - idle_cpu * 100 + watch_cpu) / n,
-            "per_rss": (rss(etcd_pids) - idle_rss / 2**20 + rss(watcher_pids)) / n,  # averages, fixed costs included
+            "still_cpu": still[0],  # etcd + watchers with no changes, % of a core
+            "still_rss": still[1],  # MB, etcd + watchers
+            "still_etcd_rss": still_etcd_rss,
+            "empty_cpu": empty[0],
+            "empty_rss": empty[1],
+            # each change's cost: what the changes add over the still fleet, per change per second
+            "per_change": (etcd_cpu + watch_cpu - still[0]) / (len(commits) / span),
+            # a cluster's average standing cost over the empty etcd, in % of a core
+            "per_cpu": (still[0] - empty[0]) / n,
         }
         for s in stores[:1]:
             s.close()
@@ -241,6 +262,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--rate", type=float, default=20.0, help="changes per second across the fleet")
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds of changes per size")
+    ap.add_argument("--idle", type=float, default=30.0, help="seconds still (no changes) per size")
     ap.add_argument("--procs", type=int, default=4, help="watcher processes")
     ap.add_argument("--etcd-progress-notify", default="5s", help="etcd's watch progress notify interval")
     args = ap.parse_args()
@@ -249,33 +271,45 @@ def main() -> int:
 
     rows = [run_size(int(n), args) for n in args.sizes.split(",")]
     print(f"bench/fleet: one 3-member etcd 3.4 on loopback (2 cores), 3 watches per cluster in {args.procs} "
-          f"processes, {args.rate:g} changes/s across the fleet for {args.seconds:g} s, etcd progress notify "
-          f"{args.etcd_progress_notify}")  # fmt: skip
+          f"processes, {args.rate:g} changes/s across the fleet for {args.seconds:g} s, then {args.idle:g} s "
+          f"still; etcd progress notify {args.etcd_progress_notify}")  # fmt: skip
+    print("  with changes:")
     print("  clusters  changes  commit->all 3 watchers p50 / p99 (x bare CAS)   etcd CPU  etcd RSS  watchers "
-          "CPU/RSS     generator CPU  conns  watches  per cluster: CPU, RSS")  # fmt: skip
+          "CPU/RSS     generator CPU  conns  watches  per change")  # fmt: skip
     for r in rows:
         print(
             f"  {int(r['clusters']):>8}  {int(r['changes']):>7}  {ms(r['p50'])} / {ms(r['p99'])} "
             f"({r['p50'] / r['bare50']:.2f}x / {r['p99'] / r['bare99']:.2f}x)  {r['etcd_cpu']:6.1f}%  "
             f"{r['etcd_rss']:6.0f} MB  {r['watch_cpu']:5.1f}% / {r['watch_rss']:5.0f} MB  {r['gen_cpu']:10.1f}%  "
-            f"{int(r['conns']):>5}  {int(r['watches']):>7}  {r['per_cpu']:.3f}% of a core, {r['per_rss']:.2f} MB"
+            f"{int(r['conns']):>5}  {int(r['watches']):>7}  {r['per_change']:.3f}% of a core per change/s"
             + (f"  ({int(r['missing'])} changes not seen by all 3!)" if r["missing"] else "")
         )
-    last = rows[-1]
+    print("  still (no changes), etcd + watchers, over the empty etcd:")
+    print("  clusters  CPU (empty etcd)  etcd RSS (empty)  watchers RSS  CPU per cluster")
+    for r in rows:
+        print(
+            f"  {int(r['clusters']):>8}  {r['still_cpu']:5.1f}% ({r['empty_cpu']:4.1f}%)  "
+            f"{r['still_etcd_rss']:6.0f} MB ({r['empty_rss']:4.0f})  {r['still_rss'] - r['still_etcd_rss']:9.0f} MB  "
+            f"{r['per_cpu']:.4f}% of a core"
+        )
+    first, last = rows[0], rows[-1]
     print(f"  at {int(last['clusters'])} clusters: propagation p99 {ms(last['p99'])} (target <= 50 ms)")
-    # What each further cluster costs (etcd + its watchers), between successive sizes: flat means linear.
+    # What each further cluster costs, between successive sizes, in the still window: flat means linear.
     slopes = []
     for a, b in zip(rows, rows[1:], strict=False):
         span = b["clusters"] - a["clusters"]
-        cpu = (b["etcd_cpu"] + b["watch_cpu"] - a["etcd_cpu"] - a["watch_cpu"]) / span
-        mem = (b["etcd_rss"] + b["watch_rss"] - a["etcd_rss"] - a["watch_rss"]) / span
-        slopes.append((int(a["clusters"]), int(b["clusters"]), cpu, mem))
+        cpu = (b["still_cpu"] - b["empty_cpu"] - a["still_cpu"] + a["empty_cpu"]) / span
+        mem = (b["still_rss"] - a["still_rss"]) / span
+        slopes.append((cpu, mem))
         print(f"  each cluster added from {int(a['clusters'])} to {int(b['clusters'])}: {cpu:.4f}% of a core, "
               f"{mem * 1024:.0f} KB (etcd + its 3 watches)")  # fmt: skip
     if len(slopes) >= 2:
-        (_, _, c0, m0), (_, _, c1, m1) = slopes[0], slopes[-1]
+        (c0, m0), (c1, m1) = slopes[0], slopes[-1]
         print(f"  cost per added cluster, last step vs first: CPU {c1 / c0 if c0 > 0 else float('nan'):.2f}x, "
               f"memory {m1 / m0 if m0 > 0 else float('nan'):.2f}x (target <= 1.5x)")  # fmt: skip
+        ratio = last["per_change"] / first["per_change"] if first["per_change"] > 0 else float("nan")
+        print(f"  cost per change at {int(last['clusters'])} clusters vs {int(first['clusters'])}: {ratio:.2f}x "
+              "(target <= 1.5x)")  # fmt: skip
     return 0
 
 
