@@ -307,6 +307,7 @@ def main() -> int:
         (c0, m0), (c1, m1) = slopes[0], slopes[-1]
         print(f"  cost per added cluster, last step vs first: CPU {c1 / c0 if c0 > 0 else float('nan'):.2f}x, "
               f"memory {m1 / m0 if m0 > 0 else float('nan'):.2f}x (target <= 1.5x)")  # fmt: skip
+    if len(rows) >= 2:
         ratio = last["per_change"] / first["per_change"] if first["per_change"] > 0 else float("nan")
         print(f"  cost per change at {int(last['clusters'])} clusters vs {int(first['clusters'])}: {ratio:.2f}x "
               "(target <= 1.5x)")  # fmt: skip

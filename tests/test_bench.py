@@ -1,0 +1,49 @@
+"""The benchmarks still run and still print their targets (tiny sizes: a smoke test, not a measurement).
+
+Figures come from full runs (docs/PERFORMANCE.md); these only keep `bench/` from rotting
+between them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import need_servers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(name: str, *args: str) -> str:
+    need_servers()
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        ("propagation", ("--rounds", "3", "--watchers", "2"), ["commit -> all watchers observed", "target <= 1.5x"]),
+        (
+            "fleet",
+            ("--sizes", "2,4,8", "--seconds", "2", "--idle", "1", "--procs", "2"),
+            ["propagation p99", "cost per added cluster", "cost per change", "target <= 1.5x"],
+        ),
+        ("apply", ("--rounds", "2", "--idle", "1"), ["add -> primary enforces", "watch", "finalize"]),
+    ],
+)
+def test_a_bench_runs_and_prints_its_targets(name: str, args: tuple[str, ...], expected: list[str]) -> None:
+    out = bench(name, *args)
+    for text in expected:
+        assert text in out, out
+    assert "changes not seen by all 3" not in out, out
