@@ -200,9 +200,9 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
         stop.set()
         collector.join(10)
         # The standing cost of n clusters: no changes, only their keys, watches and etcd's progress
-        # notifications on every stream. A change costs the same whatever the fleet's size (the
-        # rate is fixed), so this window, not the one with changes, is where cost per cluster shows;
-        # it is also far steadier (see docs/PERFORMANCE.md).
+        # notifications on every stream. Changes come at the fleet's rate whatever its size, so this
+        # window, not the one with changes, is where cost per cluster shows; it is also far steadier
+        # (see docs/PERFORMANCE.md). A change's own cost is compared across sizes below.
         still = standing([*etcd_pids, *watcher_pids], args.idle)
         still_etcd_rss = sum(cpu_rss(p)[1] for p in etcd_pids) / 2**20
 
