@@ -12,9 +12,9 @@ Printed per size, while changes run: propagation from the commit to *all three* 
 watchers (p50, p99, and the ratio to a bare etcd CAS measured in the same run); etcd's CPU and RSS (its
 three members), the watcher processes' and the generator's; TCP connections to etcd and the watches
 etcd counts; and what a change costs (the CPU the changes add over the still fleet, per change per
-second, and etcd's part of it). Then, with no changes for ``--idle`` seconds, the fleet's standing cost (etcd and the
-watchers) over the same etcd measured empty before the clusters were created: per cluster, and what
-each further cluster costs between sizes. The change rate is the fleet's, fixed, so a change's cost
+second, and etcd's part of it). Then, with no changes for ``--idle`` seconds, the fleet's standing
+cost (etcd and the watchers) over the same etcd measured empty before the clusters were created: per
+cluster, and what each further cluster costs between sizes. The change rate is the fleet's, fixed, so a change's cost
 is compared across sizes on its own, and cost per cluster is read where clusters alone make it.
 
 etcd 3.4 sends watch progress notifications every 10 minutes by default, so an idle RulesetWatch
@@ -61,15 +61,21 @@ def cpu_rss(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), rss
 
 
+Snapshot = dict[int, tuple[float, int]]  # pid -> cpu_rss(pid)
+
+
+def usage(first: Snapshot, last: Snapshot, pids: list[int], seconds: float) -> tuple[float, float]:
+    """(CPU in % of a core, RSS in MB at ``last``) of ``pids`` together between two snapshots."""
+    return sum(last[p][0] - first[p][0] for p in pids) / seconds * 100, sum(last[p][1] for p in pids) / 2**20
+
+
 def standing(groups: list[list[int]], seconds: float) -> list[tuple[float, float]]:
-    """(CPU in % of a core, RSS in MB) of each group of pids over the same ``seconds`` of waiting."""
+    """:func:`usage` of each group of pids over the same ``seconds`` of waiting."""
     pids = [p for group in groups for p in group]
     first = {p: cpu_rss(p) for p in pids}
     time.sleep(seconds)
     last = {p: cpu_rss(p) for p in pids}
-    return [
-        (sum(last[p][0] - first[p][0] for p in g) / seconds * 100, sum(last[p][1] for p in g) / 2**20) for g in groups
-    ]
+    return [usage(first, last, g, seconds) for g in groups]
 
 
 def connections(ports: set[int]) -> int:
@@ -216,13 +222,11 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
                 continue
             lat.append(max(got) - t0)
 
-        def cpu(pids: list[int]) -> float:
-            return sum(after[p][0] - before[p][0] for p in pids) / span * 100
-
-        def rss(pids: list[int]) -> float:
-            return sum(after[p][1] for p in pids) / 2**20
-
-        etcd_cpu, watch_cpu, gen_cpu = cpu(etcd_pids), cpu(watcher_pids), cpu([me])
+        (etcd_cpu, etcd_rss), (watch_cpu, watch_rss) = (
+            usage(before, after, g, span) for g in (etcd_pids, watcher_pids)
+        )
+        gen_cpu = usage(before, after, [me], span)[0]
+        rate = len(commits) / span
         result = {
             "clusters": n,
             "changes": len(commits),
@@ -232,21 +236,21 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, float]:
             "bare50": pct(baseline.samples, 50),
             "bare99": pct(baseline.samples, 99),
             "etcd_cpu": etcd_cpu,
-            "etcd_rss": rss(etcd_pids),
+            "etcd_rss": etcd_rss,
             "watch_cpu": watch_cpu,
-            "watch_rss": rss(watcher_pids),
+            "watch_rss": watch_rss,
             "gen_cpu": gen_cpu,
             "conns": conns,
             "watches": watches,
             "streams": streams,
             "still_cpu": still_etcd[0] + still_watch[0],  # etcd + watchers with no changes, % of a core
-            "still_rss": still_etcd[1] + still_watch[1],  # MB, etcd + watchers
-            "still_etcd_rss": still_etcd[1],
+            "still_etcd_rss": still_etcd[1],  # MB
+            "still_watch_rss": still_watch[1],
             "empty_cpu": empty[0],
             "empty_rss": empty[1],
             # each change's cost: what the changes add over the still fleet, per change per second
-            "per_change": (etcd_cpu + watch_cpu - still_etcd[0] - still_watch[0]) / (len(commits) / span),
-            "per_change_etcd": (etcd_cpu - still_etcd[0]) / (len(commits) / span),
+            "per_change": (etcd_cpu + watch_cpu - still_etcd[0] - still_watch[0]) / rate,
+            "per_change_etcd": (etcd_cpu - still_etcd[0]) / rate,
             # a cluster's average standing cost over the empty etcd, in % of a core
             "per_cpu": (still_etcd[0] + still_watch[0] - empty[0]) / n,
         }
@@ -291,7 +295,7 @@ def main() -> int:
     for r in rows:
         print(
             f"  {int(r['clusters']):>8}  {r['still_cpu']:5.1f}% ({r['empty_cpu']:4.1f}%)  "
-            f"{r['still_etcd_rss']:6.0f} MB ({r['empty_rss']:4.0f})  {r['still_rss'] - r['still_etcd_rss']:9.0f} MB  "
+            f"{r['still_etcd_rss']:6.0f} MB ({r['empty_rss']:4.0f})  {r['still_watch_rss']:9.0f} MB  "
             f"{r['per_cpu']:.4f}% of a core"
         )
     first, last = rows[0], rows[-1]
@@ -301,7 +305,7 @@ def main() -> int:
     for a, b in zip(rows, rows[1:], strict=False):
         span = b["clusters"] - a["clusters"]
         cpu = (b["still_cpu"] - b["empty_cpu"] - a["still_cpu"] + a["empty_cpu"]) / span
-        mem = (b["still_rss"] - a["still_rss"]) / span
+        mem = (b["still_etcd_rss"] + b["still_watch_rss"] - a["still_etcd_rss"] - a["still_watch_rss"]) / span
         slopes.append((cpu, mem))
         print(f"  each cluster added from {int(a['clusters'])} to {int(b['clusters'])}: {cpu:.4f}% of a core, "
               f"{mem * 1024:.0f} KB (etcd + its 3 watches)")  # fmt: skip
