@@ -100,10 +100,11 @@ class EtcdMember:
     log_path: str
     proc: subprocess.Popen[bytes] | None = None
     scheme: str = "http"
+    host: str = "127.0.0.1"  # the address its client URL listens on and advertises
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -121,6 +122,9 @@ class EtcdCluster:
     certs: Certs | None = None  # client TLS with --client-cert-auth
     auth_token_ttl: int | None = None  # seconds a simple auth token lives unused
     extra_args: list[str] = field(default_factory=list)  # more etcd flags (benchmarks)
+    # The client URLs' address: tests.netns.Network.etcd_address lets namespaced hosts reach it.
+    # Peer URLs stay on loopback; with ``certs``, the server certificate names only 127.0.0.1.
+    host: str = "127.0.0.1"
 
     def start(self, timeout: float = 20.0) -> EtcdCluster:
         ports = free_ports(2 * self.size)
@@ -134,6 +138,7 @@ class EtcdCluster:
                     os.path.join(self.root, name),
                     os.path.join(self.root, name + ".log"),
                     scheme="https" if self.certs else "http",
+                    host=self.host,
                 )
             )
         for m in self.members:

@@ -44,14 +44,18 @@ class SidecarProcess:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     tls: ssl.SSLContext | None = None  # how to reach it when it serves HTTPS
+    host: str = "127.0.0.1"  # the address it listens on (its config says so; this is where the test looks)
+    launcher: list[str] = field(default_factory=list)  # prepended to the command (tests.netns.Host.argv([]))
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([BIN, "sidecar"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [*self.launcher, BIN, "sidecar"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def get(self, path: str) -> tuple[int, Any]:
         return http_get(self.url + path, context=self.tls)
