@@ -18,6 +18,7 @@ one function, and the CLI maps each class to one exit code::
      │    ├── NotInForceError             a setting was written but is not yet in force
      │    ├── BarrierPendingError         the barrier commit is not acknowledged yet
      │    ├── NotStandbyError             a member that should be a standby is a primary
+     │    ├── WalError                    what a member holds in pg_wal could not be read
      │    └── PatroniUnreachableError     Patroni's REST API did not answer, or refused the call
      ├── AccessDeniedError        exit 10 etcd refused our credentials or role; nothing changed
      └── TimedOutError            exit 11 a step we wait for (e.g. a finalize) did not happen in time
@@ -128,6 +129,14 @@ class NotStandbyError(PostgresError):
     def __init__(self, message: str, *, position: int) -> None:
         super().__init__(message)
         self.position = position
+
+
+class WalError(PostgresError):
+    """What a member holds in pg_wal could not be read: the segment of its replay position is missing or short,
+    or the request named no WAL position, timeline or segment layout PostgreSQL could have written.
+
+    The caller fails closed: the member's position stays unknown and it is not counted.
+    """
 
 
 class AccessDeniedError(PgcohortError):
