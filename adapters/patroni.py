@@ -14,11 +14,19 @@ The only module that speaks to Patroni's REST API. What changes from plain Postg
   ever written with ``ALTER SYSTEM`` (it would shadow Patroni's value forever).
 * **It refuses to own the setting beside Patroni's own sync mode** (``synchronous_mode``
   ``on``/``quorum``, or ``synchronous_mode_strict``): two owners of one setting lose writes.
-* **A revoke changes nothing.** Fencing the old primary is Patroni's job (its leader lease,
-  a primary that demotes itself within ``retry_timeout``, and the watchdog): by the time a
-  candidate holds the leader key, the old primary accepts no more writes. :meth:`revoke`
-  only reads the member's position; the gate's pre-promote check refuses when the old
-  primary still answers as a primary. After a failover Patroni itself repoints the standbys.
+* **A revoke fences the voter, and Patroni lifts the fence.** Patroni's leader lease and
+  watchdog fence the old primary only while its agent works: an agent that hangs (SIGSTOP, a
+  stalled VM) leaves PostgreSQL running and acknowledging writes through any standby that
+  still streams from it. So :meth:`revoke` stops the voter's WAL receiver and archive restore
+  (``ALTER SYSTEM SET primary_conninfo = ''`` and ``restore_command = ''``, nothing kept)
+  and reads what it holds only once ``pg_stat_wal_receiver`` shows no receiver, or one
+  streaming from the candidate (the leader-key holder, which Patroni points standbys at).
+  Patroni removes recovery settings from ``postgresql.auto.conf`` whenever it rewrites its
+  own (``_sanitize_auto_conf``), so the fence never outlives Patroni's next repoint of that
+  member: to the new leader after a promotion, or wherever Patroni says after a veto, when
+  the gate also lifts it itself (:meth:`release`, ``ALTER SYSTEM RESET``). A voter whose
+  agent hangs stays fenced until the agent returns, which is what keeps a hung old primary
+  from counting its acknowledgement.
 * **Eligibility as tags.** :meth:`set_eligible` writes ``tags: {nofailover: true}`` to a
   drop-in file in Patroni's configuration directory for a node outside the committed
   cohort (and removes the file for a member, so the operator's own tags apply), then
@@ -32,6 +40,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.parse
@@ -42,16 +51,28 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pgcohort.adapters.postgres import PostgresNode
-from pgcohort.core.failover import format_lsn
+from pgcohort.core.failover import Position, Wording
 from pgcohort.core.rules import Member
 from pgcohort.core.steps import Desired
+from pgcohort.core.term import Timeline
 from pgcohort.errors import (
     InvalidInputError,
-    NotStandbyError,
     PatroniUnreachableError,
     RefusedError,
 )
 from pgcohort.seams import Observation, Revision
+
+WORDING = Wording(
+    choose="Patroni's next leader race can promote {name} once its agent runs (the gate allows it), or promote "
+    "it now with `patronictl failover --candidate {name}`",
+    other="let Patroni's leader race pick a member of every active cohort, or name one with "
+    "`patronictl failover --candidate NAME`",
+    force="record it with `pgcohort gate --candidate NAME --allow-data-loss` (a forced term, in the history), then "
+    "`patronictl failover --candidate NAME --force`",
+    demote="Patroni demotes a primary that lost its leader key within retry_timeout (a watchdog makes sure); the "
+    "leader race runs again after that",
+)
+"""How a refusal's remedy reads in Patroni's log: Patroni promotes, so its commands do."""
 
 TAGS_FILE = "zz-pgcohort-tags.yml"
 NOFAILOVER = (
@@ -84,10 +105,34 @@ class PatroniMember:
     lag: int | None
 
 
-class PatroniAPI:
-    """Patroni's REST API on one node (``restapi.connect_address``)."""
+@dataclass(frozen=True)
+class ApiTls:
+    """How to reach Patroni's REST API over HTTPS: the CA that signed its certificate (``restapi.cafile`` /
+    ``certfile``), and a client certificate when ``restapi.verify_client`` asks for one."""
 
-    def __init__(self, url: str, *, auth: str | None = None, timeout: float = 3.0) -> None:
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=self.cacert)
+            if self.cert:
+                ctx.load_cert_chain(self.cert, self.key)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise InvalidInputError(
+                f"cannot use patroni.cacert/cert/key ({e}); check that the files exist and are readable by this "
+                "user, and that the key matches the certificate. Nothing was changed"
+            ) from None
+        return ctx
+
+
+class PatroniAPI:
+    """Patroni's REST API on one node (``restapi.connect_address``), over HTTP or HTTPS."""
+
+    def __init__(
+        self, url: str, *, auth: str | None = None, timeout: float = 3.0, tls: ApiTls | None = None
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             url = "http://" + url
         try:
@@ -100,6 +145,7 @@ class PatroniAPI:
             )
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._context = tls.context() if tls is not None and self.url.startswith("https://") else None
         self._auth = "Basic " + base64.b64encode(auth.encode()).decode() if auth else None
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
@@ -110,7 +156,7 @@ class PatroniAPI:
                 req.add_header("Content-Type", "application/json")
             if self._auth:
                 req.add_header("Authorization", self._auth)
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             if e.code == 503 and method == "GET":  # health endpoints answer 503 with the same body
@@ -210,24 +256,22 @@ class PatroniNode:
 
     # --- failover -----------------------------------------------------------------------
 
-    def revoke(self, *, timeout: float = 10.0) -> int:
-        """This member's position; changes nothing (Patroni fences the old primary, and repoints standbys).
+    def revoke(self, *, timeout: float = 10.0, candidate: Member | None = None) -> Position:
+        """Fence this member and return what it holds (:meth:`PostgresNode.fence`); nothing is kept, since
+        Patroni's own ``primary_conninfo`` and ``restore_command`` live in its ``postgresql.conf``."""
+        return self.pg.fence(timeout=timeout, candidate=candidate, keep=False)
 
-        Under Patroni a standby may stream from another standby while the leader race runs
-        (Patroni points it at whoever holds the leader key), so its position can still grow
-        during the survey, but only with WAL another surveyed member already holds.
-        """
-        seen = self.pg.observe()
-        if seen.primary:
-            raise NotStandbyError(
-                f"{self.pg.where} is not in recovery: it is a primary (at {format_lsn(seen.lsn)})", position=seen.lsn
-            )
-        return seen.lsn
+    def release(self) -> None:
+        """Lift the fence (``ALTER SYSTEM RESET``): Patroni's own recovery settings apply again."""
+        self.pg.unfence()
+
+    def timeline(self) -> Timeline:
+        return self.pg.timeline()
 
     def follow(self, primary: Member) -> None:
         """Nothing to do: Patroni repoints its standbys to the new leader itself."""
 
-    def promote(self, *, timeout: int = 60) -> None:
+    def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
         raise RefusedError(
             "on Patroni, promotion is Patroni's: use `patronictl switchover` or `patronictl failover`; "
             "pgcohort's gate runs as Patroni's pre_promote and vetoes an unsafe candidate"

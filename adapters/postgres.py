@@ -18,9 +18,12 @@ docs/POSTGRES.md):
   the same revision with no write in between; anything else starts a new one.
 * :meth:`PostgresNode.acknowledged` reads which standbys report a flush position at or past
   an LSN (pg_stat_replication), so a barrier can prove who holds it.
-* :meth:`PostgresNode.revoke` stops a standby receiving and returns its final position
-  (:class:`NotStandbyError` for a server that is not in recovery);
-  :meth:`PostgresNode.promote` promotes and waits.
+* :meth:`PostgresNode.revoke` fences a standby (no WAL receiver, seen stopped; no archive
+  restore) and then returns what it holds on disk: the end of valid WAL in its ``pg_wal`` on
+  its newest timeline, read over ``pg_ls_waldir()`` and ``pg_read_binary_file()`` and
+  checked record by record (:mod:`pgcohort.core.wal`), never the receive or replay positions,
+  which a restart or ``recovery_min_apply_delay`` understate (:class:`NotStandbyError` for a
+  server that is not in recovery); :meth:`PostgresNode.promote` promotes and waits.
 * Every psycopg error becomes :class:`PostgresUnreachableError` in one function.
 """
 
@@ -37,9 +40,11 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgcohort.core.failover import format_lsn, parse_lsn
+from pgcohort.core import wal
+from pgcohort.core.failover import Position, format_lsn, parse_lsn
 from pgcohort.core.rules import Member
 from pgcohort.core.steps import Desired
+from pgcohort.core.term import Timeline
 from pgcohort.errors import (
     BarrierPendingError,
     InvalidInputError,
@@ -317,45 +322,129 @@ class PostgresNode:
 
     # --- failover primitives ----------------------------------------------------------
 
-    def revoke(self, *, timeout: float = 10.0) -> int:
-        """Stop this standby receiving WAL; return its final position (max received/replayed).
+    def revoke(self, *, timeout: float = 10.0, candidate: Member | None = None) -> Position:
+        """Fence this standby and return what it holds (see :meth:`fence`); the settings it had are kept.
 
-        The previous ``primary_conninfo`` is kept in ``pgcohort.primary_conninfo`` (also
-        through ALTER SYSTEM) so that :meth:`follow` can repoint the standby to a new primary
-        with the same user, password file and TLS options.
+        The previous ``primary_conninfo`` and ``restore_command`` are kept in
+        ``pgcohort.primary_conninfo`` and ``pgcohort.restore_command`` (also through ALTER
+        SYSTEM) so that :meth:`follow` can repoint the standby to a new primary with the same
+        user, password file and TLS options, and archive restore as before.
         """
+        return self.fence(timeout=timeout, candidate=candidate, keep=True)
+
+    def fence(self, *, timeout: float, candidate: Member | None, keep: bool) -> Position:
+        """Stop this standby receiving WAL and restoring it from the archive; once no WAL receiver runs (or
+        one streams from ``candidate``), return the end of valid WAL it holds (:meth:`held`)."""
         before = self.observe()
         if before.primary:
             raise NotStandbyError(
                 f"{self.where} is not in recovery: it is a primary (at {format_lsn(before.lsn)})",
                 position=before.lsn,
             )
-        ((conninfo,),) = self._query("read primary_conninfo", "SELECT current_setting('primary_conninfo')")
-        if conninfo:
-            # ALTER SYSTEM accepts a custom (dotted) parameter only once the session knows its placeholder.
-            self._query("declare pgcohort.primary_conninfo", "SET pgcohort.primary_conninfo = ''")
-            self._query(
-                "keep the previous primary_conninfo",
-                sql.SQL("ALTER SYSTEM SET pgcohort.primary_conninfo = {}").format(sql.Literal(conninfo)),
-            )
-            # Drop the session's own value, or this session would keep reading '' after the reload.
-            self._query("undeclare pgcohort.primary_conninfo", "RESET pgcohort.primary_conninfo")
+        ((conninfo, restore),) = self._query(
+            "read primary_conninfo", "SELECT current_setting('primary_conninfo'), current_setting('restore_command')"
+        )
+        if keep:
+            for name, value in (("primary_conninfo", conninfo), ("restore_command", restore)):
+                if value:
+                    self._keep(name, value)
         self._query("revoke (clear primary_conninfo)", "ALTER SYSTEM SET primary_conninfo = ''")
+        self._query("stop archive restore (clear restore_command)", "ALTER SYSTEM SET restore_command = ''")
         self._query("reload", "SELECT pg_reload_conf()")
+        allowed = (candidate.host.strip("[]"), candidate.port) if candidate is not None else None
         deadline = time.monotonic() + timeout
-        while self._query(
-            "read pg_stat_wal_receiver", "SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL"
-        )[0][0]:
+        while True:
+            senders = self._query(
+                "read pg_stat_wal_receiver",
+                "SELECT sender_host, sender_port FROM pg_stat_wal_receiver WHERE pid IS NOT NULL",
+            )
+            if all(allowed is not None and (h, p) == allowed for h, p in senders):
+                break
             if time.monotonic() > deadline:
-                raise PostgresUnreachableError(f"the WAL receiver of {self.where} did not stop within {timeout:g}s")
+                raise PostgresUnreachableError(
+                    f"the WAL receiver of {self.where} did not stop within {timeout:g}s "
+                    f"(still streaming from {', '.join(f'{h}:{p}' for h, p in senders)})"
+                )
             time.sleep(0.02)
-        return self.observe().lsn
+        return self.held()
+
+    def _keep(self, name: str, value: str) -> None:
+        """Keep ``value`` of ``name`` as ``pgcohort.<name>`` (ALTER SYSTEM), unless a kept value is already there."""
+        kept_name = sql.Identifier("pgcohort", name)
+        ((kept,),) = self._query(f"read pgcohort.{name}", "SELECT current_setting(%s, true)", (f"pgcohort.{name}",))
+        if kept:
+            return
+        # ALTER SYSTEM accepts a custom (dotted) parameter only once the session knows its placeholder.
+        self._query(f"declare pgcohort.{name}", sql.SQL("SET {} = ''").format(kept_name))
+        self._query(
+            f"keep the previous {name}", sql.SQL("ALTER SYSTEM SET {} = {}").format(kept_name, sql.Literal(value))
+        )
+        # Drop the session's own value, or this session would keep reading '' after the reload.
+        self._query(f"undeclare pgcohort.{name}", sql.SQL("RESET {}").format(kept_name))
+
+    def held(self) -> Position:
+        """The end of valid WAL in this standby's ``pg_wal``, on its newest timeline: what it holds on disk.
+
+        Walked record by record (page headers, record headers, ``xl_prev`` links, CRCs) from its
+        replay position, which is a record boundary already checked by recovery, to the first
+        record that is missing, torn or invalid (:func:`pgcohort.core.wal.end_of_wal`).
+        """
+        ((replayed, seg_size, page_size, names),) = self._query(
+            "list pg_wal",
+            "SELECT pg_last_wal_replay_lsn()::text,"
+            " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
+            " (SELECT setting::int FROM pg_settings WHERE name = 'wal_block_size'),"
+            " (SELECT coalesce(array_agg(name), '{}') FROM pg_ls_waldir())",
+        )
+        start = _lsn(replayed)
+        segments = [t for t in (wal.parse_wal_file_name(n, seg_size=seg_size) for n in names) if t is not None]
+        if start is None or not segments:
+            raise PostgresUnreachableError(f"{self.where} has replayed no WAL yet: what it holds cannot be read")
+        tli = max(t for t, _ in segments)
+        history = wal.parse_history(self._read_file(f"{tli:08X}.history").decode()) if tli > 1 else ()
+        try:
+            end = wal.end_of_wal(self._read_file, names, start, tli, history, seg_size=seg_size, page_size=page_size)
+        except wal.WalError as e:
+            if start % seg_size == 0 and not any(segno == start // seg_size for _, segno in segments):
+                end = start  # replay stopped at a segment's end (a WAL switch) and nothing of the next one arrived
+            else:
+                raise PostgresUnreachableError(f"cannot read what {self.where} holds in pg_wal: {e}") from None
+        return Position(end, tli)
+
+    def _read_file(self, name: str, offset: int = 0, length: int = 1 << 20) -> bytes:
+        """``length`` bytes of ``pg_wal/<name>`` from ``offset`` (fewer at its end; none if it does not exist)."""
+        ((data,),) = self._query(
+            "read pg_wal", "SELECT pg_read_binary_file(%s, %s, %s, true)", (f"pg_wal/{name}", offset, length)
+        )
+        return bytes(data) if data is not None else b""
+
+    def timeline(self) -> Timeline:
+        """This primary's timeline (from its current WAL file's name) and that timeline's ancestry."""
+        ((name,),) = self._query("read its timeline", "SELECT pg_walfile_name(pg_current_wal_lsn())")
+        tli = int(str(name)[:8], 16)
+        history = wal.parse_history(self._read_file(f"{tli:08X}.history").decode()) if tli > 1 else ()
+        return Timeline(tli, tuple(history))
+
+    def release(self) -> None:
+        """Nothing: with plain PostgreSQL a refused failover leaves the standbys revoked.
+
+        Two orchestrators may survey at once; lifting one's fence could unfence the other's
+        survey. The next allowed failover repoints every survivor (:meth:`follow`).
+        """
+
+    def unfence(self) -> None:
+        """Drop the fence's ALTER SYSTEM values, so the configuration file's own apply again (Patroni's)."""
+        self._query("lift the fence (primary_conninfo)", "ALTER SYSTEM RESET primary_conninfo")
+        self._query("lift the fence (restore_command)", "ALTER SYSTEM RESET restore_command")
+        self._query("reload", "SELECT pg_reload_conf()")
 
     def follow(self, primary: Member) -> None:
-        """Undo a revoke: receive from ``primary`` with the connection options used before it."""
-        ((kept, current),) = self._query(
+        """Undo a revoke: receive from ``primary`` with the connection options used before it, and restore
+        WAL from the archive again as before."""
+        ((kept, current, kept_restore),) = self._query(
             "read primary_conninfo",
-            "SELECT current_setting('pgcohort.primary_conninfo', true), current_setting('primary_conninfo')",
+            "SELECT current_setting('pgcohort.primary_conninfo', true), current_setting('primary_conninfo'),"
+            " current_setting('pgcohort.restore_command', true)",
         )
         base = kept or current
         if not base:
@@ -369,17 +458,47 @@ class PostgresNode:
             "set primary_conninfo",
             sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(make_conninfo("", **params))),
         )
-        if kept:
-            self._query("declare pgcohort.primary_conninfo", "SET pgcohort.primary_conninfo = ''")
-            self._query("forget the kept primary_conninfo", "ALTER SYSTEM RESET pgcohort.primary_conninfo")
-            self._query("undeclare pgcohort.primary_conninfo", "RESET pgcohort.primary_conninfo")
+        self._query(
+            "restore restore_command",
+            sql.SQL("ALTER SYSTEM SET restore_command = {}").format(sql.Literal(kept_restore))
+            if kept_restore
+            else "ALTER SYSTEM RESET restore_command",
+        )
+        for name, value in (("primary_conninfo", kept), ("restore_command", kept_restore)):
+            if value:
+                self._forget(name)
         self._query("reload", "SELECT pg_reload_conf()")
+
+    def _forget(self, name: str) -> None:
+        kept_name = sql.Identifier("pgcohort", name)
+        self._query(f"declare pgcohort.{name}", sql.SQL("SET {} = ''").format(kept_name))
+        self._query(f"forget the kept {name}", sql.SQL("ALTER SYSTEM RESET {}").format(kept_name))
+        self._query(f"undeclare pgcohort.{name}", sql.SQL("RESET {}").format(kept_name))
 
     def set_eligible(self, eligible: bool) -> bool:
         """Nothing to tell: with plain PostgreSQL only pgcohort's gate promotes, and it checks the cohort."""
         return False
 
-    def promote(self, *, timeout: int = 60) -> None:
+    def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
+        """Promote and wait until it accepts writes; with ``setting`` in force from its first commit.
+
+        A standby's ``synchronous_standby_names`` means nothing until it is promoted, and then
+        whatever it holds (often nothing: commits acknowledged by no standby) governs until its
+        sidecar applies the rule. So the setting rendered for it is written and reloaded first.
+        """
+        if setting is not None:
+            self._query(
+                "set synchronous_standby_names before promoting",
+                sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(setting.setting)),
+            )
+            self._query("reload", "SELECT pg_reload_conf()")
+            deadline = time.monotonic() + timeout
+            while self._query("read the setting", "SELECT current_setting('synchronous_standby_names')")[0][0] != (
+                setting.setting
+            ):
+                if time.monotonic() > deadline:
+                    raise NotInForceError(f"{self.where} did not load {setting.setting!r} within {timeout}s")
+                time.sleep(0.01)
         (row,) = self._query("promote", "SELECT pg_promote(true, %s)", (timeout,))
         if not row[0]:
             raise PostgresUnreachableError(f"{_where(self.dsn)} did not finish promotion within {timeout}s")

@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import BareCas, ms, pct  # noqa: E402
 from pgcohort import gate  # noqa: E402
 from pgcohort.adapters.postgres import PostgresNode  # noqa: E402
-from pgcohort.core.ruleset import Term  # noqa: E402
-from pgcohort.seams import Revision  # noqa: E402
+from pgcohort.core.term import Term  # noqa: E402
+from pgcohort.seams import Revision, TermSnapshot  # noqa: E402
 from tests.race import connect  # noqa: E402
 from tests.stack import Stack  # noqa: E402
 
@@ -58,10 +58,10 @@ def main() -> int:
         cas_times: list[float] = []
         original_put_term = timed_store.put_term
 
-        def put_term(ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
+        def put_term(ruleset_revision: Revision, based_on: TermSnapshot, term: Term) -> Revision:
             t0 = time.monotonic()
             try:
-                return original_put_term(ruleset_revision, term_revision, term)
+                return original_put_term(ruleset_revision, based_on, term)
             finally:
                 cas_times.append(time.monotonic() - t0)
 
@@ -90,7 +90,7 @@ def main() -> int:
             snap, term = store.read_both()
             store.put_term(
                 snap.revision,
-                term.revision,
+                term,
                 Term(term.term.term + 1, "pg0", snap.revision, None, "bench", "", f"bench/back/{i}"),
             )
             restore(st, standbys)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgcohort.config import Config, adapter
+from pgcohort.core.failover import PLAIN, Wording
 from pgcohort.core.rules import Member
 from pgcohort.errors import NotInitializedError, RefusedError
 from pgcohort.seams import Node
@@ -23,6 +24,7 @@ from pgcohort.store import EtcdStore, Security
 from pgcohort.store.patroni import PatroniConfigKey
 
 if TYPE_CHECKING:
+    from pgcohort.adapters.patroni import PatroniAPI
     from pgcohort.sidecar import Sidecar
 
 
@@ -61,6 +63,15 @@ def connector(cfg: Config) -> Callable[[Member], Node]:
     return postgres.connector(cfg["postgres.member_options"])
 
 
+def wording(cfg: Config) -> Wording:
+    """How the gate's refusals tell the operator to promote someone else: in the HA manager's words."""
+    if adapter(cfg) == "patroni":
+        from pgcohort.adapters import patroni
+
+        return patroni.WORDING
+    return PLAIN
+
+
 def patroni_managed_by(cfg: Config, etcd: EtcdStore) -> str | None:
     """Beside Patroni: the pgcohort root that Patroni's configuration says manages it (None: none, or not Patroni)."""
     if adapter(cfg) != "patroni":
@@ -71,9 +82,8 @@ def patroni_managed_by(cfg: Config, etcd: EtcdStore) -> str | None:
 
 def patroni_cluster(url: str, cfg: Config) -> tuple[list[Member], list[str], str, str]:
     """From Patroni's ``GET /cluster``: the running members, the ones left out (and why), the leader, the scope."""
-    from pgcohort.adapters import patroni
 
-    listed, leader, scope = patroni.PatroniAPI(url, auth=cfg["patroni.api_auth"]).cluster()
+    listed, leader, scope = patroni_api(url, cfg).cluster()
     if leader is None:
         raise RefusedError(f"Patroni at {url} reports no leader; adopt the cluster once it has one")
     members, skipped = [], []
@@ -83,6 +93,14 @@ def patroni_cluster(url: str, cfg: Config) -> tuple[list[Member], list[str], str
         else:
             skipped.append(f"{m.name} ({m.state})")
     return members, skipped, leader, scope
+
+
+def patroni_api(url: str, cfg: Config) -> PatroniAPI:
+    """A Patroni REST API client with this configuration's credentials and TLS settings."""
+    from pgcohort.adapters import patroni
+
+    tls = patroni.ApiTls(cfg["patroni.cacert"], cfg["patroni.cert"], cfg["patroni.key"])
+    return patroni.PatroniAPI(url, auth=cfg["patroni.api_auth"], tls=tls)
 
 
 def patroni_key(cfg: Config, etcd: EtcdStore, scope: str | None = None) -> PatroniConfigKey:
@@ -97,7 +115,7 @@ def node(cfg: Config, etcd: EtcdStore) -> Node:
         return patroni.PatroniNode(
             cfg["postgres.dsn"],
             config_key=patroni_key(cfg, etcd),
-            api=patroni.PatroniAPI(cfg["patroni.url"], auth=cfg["patroni.api_auth"]) if cfg["patroni.url"] else None,
+            api=patroni_api(cfg["patroni.url"], cfg) if cfg["patroni.url"] else None,
             config_dir=cfg["patroni.config_dir"],
         )
     from pgcohort.adapters import postgres
@@ -122,6 +140,7 @@ def sidecar(cfg: Config) -> Sidecar:
         admit_max_lag=cfg["sidecar.admit_max_lag"],
         admit_stable_for=cfg["sidecar.admit_stable_for"],
         leave_timeout=cfg["sidecar.leave_timeout"],
+        heal_after=cfg["sidecar.heal_after"],
     )
     etcd = store(cfg, observe=metrics.observe_etcd)
     metrics.watch_store(etcd.stats)

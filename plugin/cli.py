@@ -23,6 +23,9 @@ from pgcohort.core import ruleset as core
 from pgcohort.core.decision import GateDecision, Result
 from pgcohort.core.failover import format_lsn
 from pgcohort.core.rules import Rule, parse_member, parse_policy
+from pgcohort.core.term import Term
+from pgcohort.core.term import confirmation_to_record as confirmation_record
+from pgcohort.core.term import term_to_record as term_record
 from pgcohort.errors import InvalidInputError, NotInitializedError, PgcohortError, RefusedError, exit_codes
 from pgcohort.seams import Revision
 from pgcohort.store import EtcdStore
@@ -159,9 +162,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"Cluster {store.root}  version {doc['version']} (revision {doc['revision']})  phase {doc['phase']}")
     print(f"Rule: {doc['rule']}")
+    if doc["benched"]:
+        print(f"Benched (admitted again once they stream and catch up): {' '.join(doc['benched'])}")
     if doc["change"]:
         print(f"Change in progress: {doc['change']} (by {doc['changed_by']} at {doc['changed_at']})")
-    print(f"Term {doc['term']}: primary {doc['primary']}")
+    seen = (
+        f"seen running on timeline {doc['timeline']}"
+        if doc["confirmed"] and doc["timeline"]
+        else "seen running"
+        if doc["confirmed"]
+        else f"not seen running yet; a failover reasons from {doc['reference']}, the last primary seen running"
+    )
+    print(f"Term {doc['term']}: primary {doc['primary']} ({seen})")
     print(f"synchronous_standby_names of the committed rule: {doc['synchronous_standby_names']}")
     rows = [
         [r["member"], r["zone"], r["host"], r["role"], r["cohort"], r["sync_state"], r["lag_bytes"], r["seen_revision"]]
@@ -184,16 +196,38 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _term_history(args: argparse.Namespace) -> int:
-    terms = _store(args).term_history()
+    store = _store(args)
+    terms = store.term_history()
+    seen = {c.term: c for _, c in store.confirmation_history()}
     if args.json:
-        print(json.dumps([{"revision": rev, **core.term_to_record(t)} for rev, t in terms], indent=2))
+        print(
+            json.dumps(
+                [
+                    {"revision": rev, **term_record(t),
+                     "confirmed": confirmation_record(seen[t.term]) if t.term in seen else None}
+                    for rev, t in terms
+                ],
+                indent=2,
+            )
+        )  # fmt: skip
         return 0
+
+    def running(t: Term) -> str:
+        c = seen.get(t.term)
+        if c is None:
+            return "never seen running" if any(n > t.term for n in seen) else "-"
+        return f"{c.at or 'at init'}" + (f" (timeline {c.timeline.id})" if c.timeline else "")
+
     rows = [
         [t.term, rev, t.primary, t.ruleset_revision or "-", format_lsn(t.lsn) if t.lsn is not None else "-",
-         t.decided_by, t.at, t.forced or "-"]
+         t.decided_by, t.at, running(t), t.forced or "-"]
         for rev, t in terms
     ]  # fmt: skip
-    print(_table(["Term", "Revision", "Primary", "Ruleset rev", "LSN", "Decided by", "At", "Forced"], rows))
+    print(
+        _table(
+            ["Term", "Revision", "Primary", "Ruleset rev", "LSN", "Decided by", "At", "Seen running", "Forced"], rows
+        )
+    )
     return 0
 
 
@@ -263,13 +297,21 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     )
     car.run()
     server.shutdown()
-    if leaving.is_set():
+    if leaving.is_set() and cfg["sidecar.leave_on_stop"]:
         logging.info("SIGTERM: %s", sidecar.leave(car.store, car.settings.name, timeout=car.settings.leave_timeout))
+    elif leaving.is_set():
+        logging.info("SIGTERM: stopped; %s stays in the cohort (`pgcohort leave` removes it)", car.settings.name)
     return 0
 
 
 def _report_gate(outcome: gate.Outcome, promoted: bool) -> None:
     t = outcome.term
+    based_on = outcome.based_on
+    if based_on is not None and outcome.reference != based_on.term.primary:
+        print(
+            f"reasoned from {outcome.reference}, the last primary seen running: term {based_on.term.term} named "
+            f"{based_on.term.primary}, which was never seen running as a primary"
+        )
     print(str(outcome.decision))
     if outcome.survey.unreachable:
         for name, why in sorted(outcome.survey.unreachable.items()):
@@ -317,7 +359,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
             )
         else:
             verdict = gate.pre_promote(
-                store, assembly.connector(cfg), candidate=candidate, actor=actor, writer=protocol.new_writer(actor)
+                store,
+                assembly.connector(cfg),
+                candidate=candidate,
+                actor=actor,
+                writer=protocol.new_writer(actor),
+                wording=assembly.wording(cfg),
             )
         if isinstance(verdict, str):
             print(verdict)
@@ -476,8 +523,9 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add(
         "sidecar",
-        "run beside one PostgreSQL node: publish its status, apply committed rulesets on the primary, serve "
-        "/health /ruleset /metrics; on SIGTERM leave the cohort first",
+        "run beside one PostgreSQL node: publish its status, confirm its term and apply committed rulesets on the "
+        "primary, serve /health /ruleset /metrics; SIGTERM stops it and the node stays a member (a restart or an "
+        "upgrade never shrinks the rule); `pgcohort leave`, or sidecar.leave_on_stop, removes it",
         cmd_sidecar,
     )
     sp.add_argument("--name", help="this node's member name (PGCOHORT_NODE_NAME)")

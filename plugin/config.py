@@ -27,6 +27,7 @@ class Setting:
     help: str
     choices: tuple[str, ...] = ()
     secret: bool = False  # never shown back in an error message
+    zero_means_off: bool = False  # a number of seconds that may be 0
 
     @property
     def env(self) -> str:
@@ -74,7 +75,21 @@ SCHEMA: tuple[Setting, ...] = (
         ("sidecar", "admit_max_lag"), int, 16 * 1024 * 1024, "bytes behind the primary a standby may be to be admitted"
     ),
     Setting(("sidecar", "admit_stable_for"), float, 10.0, "seconds a standby must stay caught up before admission"),
+    Setting(
+        ("sidecar", "heal_after"),
+        float,
+        30.0,
+        "seconds a member may stop streaming from the primary before it is benched (taken out of the rule by an "
+        "ordinary change, admitted again once caught up); 0 turns healing off",
+        zero_means_off=True,
+    ),
     Setting(("sidecar", "leave_timeout"), float, 30.0, "seconds `leave` waits for its removal to be finalized"),
+    Setting(
+        ("sidecar", "leave_on_stop"),
+        bool,
+        False,
+        "on SIGTERM, remove this node from the cohort before stopping (scale-down); off: a restart keeps its member",
+    ),
     Setting(
         ("sidecar", "adapter"),
         str,
@@ -86,6 +101,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(("patroni", "scope"), str, None, "Patroni's scope (default: the cluster name)"),
     Setting(("patroni", "namespace"), str, "/service", "Patroni's namespace in etcd"),
     Setting(("patroni", "config_dir"), str, None, "Patroni's configuration directory, for the nofailover tags file"),
+    Setting(("patroni", "cacert"), str, None, "CA that signed Patroni's REST API certificate (an https patroni.url)"),
+    Setting(("patroni", "cert"), str, None, "client certificate (PEM) when Patroni's restapi.verify_client asks"),
+    Setting(("patroni", "key"), str, None, "the Patroni client certificate's private key (PEM)"),
     Setting(
         ("patroni", "api_auth"),
         str,
@@ -161,8 +179,9 @@ def _coerce(s: Setting, raw: Any, source: str, problems: list[str]) -> Any:
         except (TypeError, ValueError):
             problems.append(f"{s.dotted} ({source}): expected a number, got {raw!r}")
             return None
-        if not 0 < value <= 86400:  # also refuses nan and inf, which reach socket timeouts
-            problems.append(f"{s.dotted} ({source}): must be a number of seconds > 0 and <= 86400, got {raw!r}")
+        if not (value >= 0 if s.zero_means_off else value > 0) or not value <= 86400:  # also nan and inf
+            low = ">= 0 (0: off)" if s.zero_means_off else "> 0"
+            problems.append(f"{s.dotted} ({source}): must be a number of seconds {low} and <= 86400, got {raw!r}")
             return None
         return value
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
@@ -234,13 +253,13 @@ def load(
 
 
 FILES = ("etcd.password_file", "etcd.cacert", "etcd.cert", "etcd.key", "sidecar.tls_cert", "sidecar.tls_key",
-         "sidecar.tls_client_ca")  # fmt: skip
+         "sidecar.tls_client_ca", "patroni.cacert", "patroni.cert", "patroni.key")  # fmt: skip
 
 
 def _cross_checks(v: Mapping[str, Any]) -> list[str]:
     """Problems no single setting shows: pairs that go together, files that must be readable."""
     problems = []
-    for a, b in (("etcd.cert", "etcd.key"), ("sidecar.tls_cert", "sidecar.tls_key")):
+    for a, b in (("etcd.cert", "etcd.key"), ("sidecar.tls_cert", "sidecar.tls_key"), ("patroni.cert", "patroni.key")):
         if bool(v.get(a)) != bool(v.get(b)):
             problems.append(f"{a} and {b} go together: set both or neither")
     if v.get("sidecar.tls_client_ca") and not v.get("sidecar.tls_cert"):
@@ -252,6 +271,9 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
         problems.append("etcd.user is set but no password: set PGCOHORT_ETCD_PASSWORD or etcd.password_file")
     if has_password and not v.get("etcd.user"):
         problems.append("an etcd password is set but etcd.user is not")
+    patroni_tls = [k for k in ("patroni.cacert", "patroni.cert") if v.get(k)]
+    if patroni_tls and v.get("patroni.url") and not str(v["patroni.url"]).startswith("https://"):
+        problems.append(f"{' and '.join(patroni_tls)} set, but patroni.url is not https://: {v['patroni.url']}")
     tls = [k for k in ("etcd.cacert", "etcd.cert") if v.get(k)]
     plain = [e for e in v.get("etcd.endpoints") or [] if not str(e).startswith("https://")]
     if tls and plain:

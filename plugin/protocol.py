@@ -2,7 +2,8 @@
 
 ``init`` (create-if-absent), ``propose`` (step 1) and ``finalize`` (step 3) each read the
 committed ruleset linearizably, let the core validate and build the next value, and commit
-it with one compare-and-swap. A conflict means someone else committed first: re-read,
+it with one compare-and-swap; ``confirm`` records that a term's primary was seen running.
+A conflict means someone else committed first: re-read,
 re-validate (which may now refuse), and retry a bounded number of times. A write whose
 first attempt committed and was then superseded is reported as committed, with what
 superseded it. Step 2 (apply + barrier) belongs to the sidecar beside the primary.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from pgcohort.core import ruleset as core
 from pgcohort.core.rules import Rule
+from pgcohort.core.term import Confirmation, Term, Timeline
 from pgcohort.errors import ConflictError, SupersededError
 from pgcohort.seams import Revision, Snapshot, Store, TermSnapshot
 
@@ -38,12 +40,12 @@ class Committed:
     superseded: str = ""
 
 
-def first(rule: Rule, primary: str, *, actor: str) -> tuple[core.Ruleset, core.Term]:
+def first(rule: Rule, primary: str, *, actor: str) -> tuple[core.Ruleset, Term]:
     """Version 1 of the ruleset and term 1 naming ``primary``, validated by the core."""
     writer = new_writer(actor)
     at = now()
     rs = core.initial(rule, primary, changed_by=actor, now=at, writer=writer)
-    return rs, core.Term(1, primary, 0, None, actor, at, writer)
+    return rs, Term(1, primary, 0, None, actor, at, writer)
 
 
 def init(store: Store, rule: Rule, primary: str, *, actor: str) -> Committed:
@@ -95,3 +97,10 @@ def finalize(
         return Committed(Snapshot(final, store.commit(snap.revision, final, term_revision=term.revision)), 0)
     except SupersededError as e:
         return Committed(Snapshot(final, Revision(e.committed_revision)), 0, str(e))
+
+
+def confirm(store: Store, based_on: TermSnapshot, timeline: Timeline, lsn: int | None, *, actor: str) -> Revision:
+    """Record that ``based_on``'s term's primary runs as a primary, on ``timeline`` (one CAS on the term and
+    the confirmation). ConflictError if either moved since that read."""
+    t = based_on.term
+    return store.confirm(based_on, Confirmation(t.term, t.primary, timeline, lsn, actor, now(), new_writer(actor)))

@@ -16,7 +16,8 @@ from pgcohort.seams import Snapshot, TermSnapshot
 
 
 def membership(rs: Ruleset, name: str) -> str:
-    """member, joining, leaving, or candidate (registered but not in any active cohort)."""
+    """member, joining, leaving, benched (taken out by healing, admitted again once caught up), or candidate
+    (registered but not in any active cohort)."""
     now_in = rs.rule.member(name) is not None
     before = rs.previous is None or rs.previous.member(name) is not None
     if now_in and before:
@@ -25,6 +26,8 @@ def membership(rs: Ruleset, name: str) -> str:
         return "joining"
     if rs.previous is not None and rs.previous.member(name) is not None:
         return "leaving"
+    if rs.bench_member(name) is not None:
+        return "benched"
     return "candidate"
 
 
@@ -35,6 +38,8 @@ def status_document(root: str, snap: Snapshot, term: TermSnapshot, nodes: dict[s
     for r in rs.active_rules():
         for m in r.cohort:
             members.setdefault(m.name, m)
+    for m in rs.benched:
+        members.setdefault(m.name, m)
     primary_record = nodes.get(primary)
     replication = primary_record.replication if primary_record else {}
     rows = []
@@ -70,11 +75,15 @@ def status_document(root: str, snap: Snapshot, term: TermSnapshot, nodes: dict[s
         "revision": snap.revision,
         "phase": rs.phase,
         "rule": rs.show(),
+        "benched": [m.name for m in rs.benched],
         "change": rs.reason if rs.phase == "joint" else None,
         "changed_by": rs.changed_by,
         "changed_at": rs.changed_at,
         "term": term.term.term,
         "primary": primary,
+        "confirmed": term.confirmed,
+        "reference": term.reference,
+        "timeline": term.timeline.id if term.timeline else None,
         "synchronous_standby_names": setting,
         "members": rows,
     }

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import NewType, Protocol
 
 from pgcohort.core.decision import GateDecision
+from pgcohort.core.failover import Position
 from pgcohort.core.node import NodeRecord
 from pgcohort.core.rules import Member
-from pgcohort.core.ruleset import Ruleset, Term
+from pgcohort.core.ruleset import Ruleset
 from pgcohort.core.steps import Desired
+from pgcohort.core.term import Confirmation, Term, Timeline, confirmed, reference
 
 Revision = NewType("Revision", int)
 """An etcd revision (a key's ``mod_revision`` or the store's header revision). It never repeats."""
@@ -38,10 +40,31 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class TermSnapshot:
-    """The committed term as read, with its ``mod_revision``."""
+    """The committed term as read, with its ``mod_revision``, and the last confirmation with its own.
+
+    ``confirmation`` is None (and ``confirmation_revision`` 0) only in a cluster initialized before
+    confirmations existed.
+    """
 
     term: Term
     revision: Revision
+    confirmation: Confirmation | None = None
+    confirmation_revision: Revision = Revision(0)
+
+    @property
+    def confirmed(self) -> bool:
+        """The current term's primary was seen running as a primary."""
+        return confirmed(self.term, self.confirmation)
+
+    @property
+    def reference(self) -> str:
+        """The primary a failover reasons from: the last confirmed term's (:mod:`pgcohort.core.term`)."""
+        return reference(self.term, self.confirmation)
+
+    @property
+    def timeline(self) -> Timeline | None:
+        """The reference primary's timeline, if its sidecar has recorded it."""
+        return self.confirmation.timeline if self.confirmation is not None else None
 
 
 @dataclass(frozen=True)
@@ -114,8 +137,15 @@ class Store(Protocol):
         """
         ...
 
-    def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
-        """Record ``term`` iff neither the ruleset nor the term moved; same retry rules as commit."""
+    def put_term(self, ruleset_revision: Revision, based_on: TermSnapshot, term: Term) -> Revision:
+        """Record ``term`` iff neither the ruleset, the term nor its confirmation moved; same retry rules as commit."""
+        ...
+
+    def confirm(self, based_on: TermSnapshot, confirmation: Confirmation) -> Revision:
+        """Record that ``based_on``'s term was seen running, iff neither the term nor the confirmation moved.
+
+        ConflictError if either did (re-read first).
+        """
         ...
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
@@ -124,6 +154,10 @@ class Store(Protocol):
 
     def term_history(self) -> list[tuple[Revision, Term]]:
         """Every committed term, oldest first."""
+        ...
+
+    def confirmation_history(self) -> list[tuple[Revision, Confirmation]]:
+        """Every recorded confirmation, oldest first."""
         ...
 
     def nodes(self) -> dict[str, NodeRecord]:
@@ -166,7 +200,7 @@ class Observation:
     """What a node's PostgreSQL reports about itself."""
 
     primary: bool
-    lsn: int  # primary: current WAL flush position; standby: max(received, replayed)
+    lsn: int  # primary: current WAL flush position; standby: max(received, replayed) (status only, never a vote)
     setting: str
     replication: tuple[Replication, ...]
     receiving: bool  # standby: a WAL receiver is running
@@ -217,21 +251,36 @@ class Node(Protocol):
         """Standbys (by application_name) whose reported flush position is at or past ``lsn``."""
         ...
 
-    def revoke(self, *, timeout: float = 10.0) -> int:
-        """Stop this standby receiving WAL from the old primary; return its final position.
+    def revoke(self, *, timeout: float = 10.0, candidate: Member | None = None) -> Position:
+        """Fence this standby, then return what it holds on disk: the end of valid WAL in its pg_wal.
 
-        Where the HA manager fences the old primary itself (Patroni), nothing is changed: the
-        call waits until the standby no longer streams, and reports it unreachable otherwise.
+        The fence: its WAL receiver stopped, and seen stopped in ``pg_stat_wal_receiver`` (or
+        streaming from ``candidate``, the member about to be promoted, which Patroni points
+        standbys at while it holds the leader key), and archive restore unable to advance it.
+        Only then is the position read, so it cannot grow behind the survey's back with WAL
+        the old primary could count as acknowledged. PostgresUnreachableError if the fence
+        does not hold in ``timeout`` or the WAL cannot be read (the caller fails closed).
         NotStandbyError (carrying the position) if the server is not in recovery: a primary.
         """
+        ...
+
+    def release(self) -> None:
+        """Lift this member's fence where the HA manager repoints standbys itself (Patroni): after a refused
+        failover, and on the promoted member. A no-op for plain PostgreSQL, where two orchestrators may
+        survey at once and the next allowed failover repoints every survivor (:meth:`follow`)."""
         ...
 
     def follow(self, primary: Member) -> None:
         """Undo :meth:`revoke`: receive WAL from ``primary`` (the new one). A no-op where the HA manager repoints."""
         ...
 
-    def promote(self, *, timeout: int = 60) -> None:
-        """Promote and wait until it accepts writes."""
+    def timeline(self) -> Timeline:
+        """This primary's timeline and its ancestry (for the term's confirmation)."""
+        ...
+
+    def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
+        """Promote and wait until it accepts writes; ``setting`` (rendered for this node from the committed
+        ruleset) is in force before the promotion, so its first commit already waits for the rule."""
         ...
 
     def set_eligible(self, eligible: bool) -> bool:

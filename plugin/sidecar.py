@@ -29,6 +29,7 @@ from pgcohort.core import steps
 from pgcohort.core.failover import format_lsn
 from pgcohort.core.node import NodeRecord, StandbyState
 from pgcohort.core.rules import Member
+from pgcohort.core.term import confirmation_due
 from pgcohort.errors import (
     BarrierPendingError,
     ConflictError,
@@ -60,6 +61,7 @@ class Settings:
     admit_max_lag: int = 16 * 1024 * 1024
     admit_stable_for: float = 10.0
     leave_timeout: float = 30.0
+    heal_after: float = 30.0  # seconds a member may stop streaming before it is benched; 0: never
 
 
 @dataclass
@@ -77,6 +79,7 @@ class State:
     barrier_revision: int | None = None  # the revision whose barrier proved itself
     fenced: str = ""
     caught_up_since: dict[str, float] = field(default_factory=dict)
+    absent_since: dict[str, float] = field(default_factory=dict)  # members not streaming from this primary
     joint_seen_at: float | None = None
     refusal: str = ""  # why the last step was refused (for example Patroni's own sync mode is on)
     record_error: str = ""  # the ruleset or term in etcd is invalid: nothing is done from it
@@ -201,6 +204,9 @@ class Sidecar:
                 writer.write(target)
                 t = self._took("write", t)
         match step:
+            case steps.Confirm():
+                self._confirm(term, obs)
+                return True
             case steps.Apply():
                 return target is not None and self._verify(target, t)
             case steps.Barrier(target=wanted):
@@ -209,6 +215,8 @@ class Sidecar:
                 self._finalize(snap, term)
             case steps.Admit(member):
                 self._admit(member)
+            case steps.Bench(name, why):
+                self._change(core.RemoveMember(name, bench=True, why=why), f"benched {name}")
             case steps.Idle() | steps.Fenced():
                 if (
                     obs is not None
@@ -230,6 +238,7 @@ class Sidecar:
         self.metrics.ruleset(snap.ruleset, snap.revision, now - (s.joint_seen_at or now))
         self.metrics.terms(term.term.term, term.term.primary)
         admit = self._admission(snap, obs, now) if obs is not None and obs.primary else None
+        bench = self._healing(snap, term, obs, now) if obs is not None and obs.primary else None
         local = steps.Local(
             self.settings.name,
             None if obs is None else obs.primary,
@@ -237,7 +246,16 @@ class Sidecar:
             s.verified,
             s.barrier_revision,
         )
-        step = steps.next_step(snap.ruleset, snap.revision, term.term.primary, local, admit)
+        step = steps.next_step(
+            snap.ruleset,
+            snap.revision,
+            term.term.primary,
+            local,
+            admit,
+            term=term.term.term,
+            confirm=confirmation_due(term.term, term.confirmation),
+            bench=bench,
+        )
         with self.lock:
             s.fenced = step.reason if isinstance(step, steps.Fenced) else ""
         self.metrics.fenced.set(1 if s.fenced else 0)
@@ -273,6 +291,17 @@ class Sidecar:
                 )
         except PgcohortError as e:
             log.warning("could not publish eligibility: %s", e)
+
+    def _confirm(self, term: TermSnapshot, obs: Observation | None) -> None:
+        """Record that the term naming this node runs: the failover rule reasons from it from now on."""
+        timeline = self.node.timeline()
+        try:
+            protocol.confirm(self.store, term, timeline, obs.lsn if obs else None, actor=self.settings.name)
+        except ConflictError:
+            return  # the term moved: decide again from a new read
+        log.info(
+            "confirmed term %s: %s runs as the primary on timeline %s", term.term.term, self.settings.name, timeline.id
+        )
 
     def _applied(self, revision: int) -> None:
         with self.lock:
@@ -337,7 +366,7 @@ class Sidecar:
 
     def _admission(self, snap: Snapshot, obs: Observation, now: float) -> Member | None:
         self.metrics.lags({r.name: r.lag_bytes for r in obs.replication})
-        if not self.settings.auto_admit:
+        if not self.settings.auto_admit and not snap.ruleset.benched:
             return None
         streaming = {r.name.lower(): r for r in obs.replication if r.state == "streaming"}
         candidates = {}
@@ -356,25 +385,49 @@ class Sidecar:
             now,
             max_lag=self.settings.admit_max_lag,
             stable_for=self.settings.admit_stable_for,
+            anyone=self.settings.auto_admit,
         )
         with self.lock:
             self.state.caught_up_since = since
         return chosen
 
+    def _healing(self, snap: Snapshot, term: TermSnapshot, obs: Observation, now: float) -> steps.Bench | None:
+        """Bench a member that has not streamed from this primary for ``heal_after`` seconds (steps.healing)."""
+        if term.term.primary != self.settings.name or not term.confirmed:
+            return None
+        streaming = [r.name for r in obs.replication if r.state == "streaming"]
+        since, bench = steps.healing(
+            snap.ruleset,
+            self.settings.name,
+            streaming,
+            self.state.absent_since,
+            now,
+            after=self.settings.heal_after,
+            forced=bool(term.term.forced),
+        )
+        with self.lock:
+            self.state.absent_since = since
+        return bench
+
     def _admit(self, member: Member) -> None:
+        self._change(core.AddMember(member), f"admitted {member.name}")
+
+    def _change(self, change: core.Change, done: str) -> None:
+        """Propose ``change`` as this sidecar (admission, healing); a refusal or a conflict waits for the next round."""
         try:
-            done = protocol.propose(self.store, core.AddMember(member), actor=self.settings.name)
+            committed = protocol.propose(self.store, change, actor=self.settings.name)
         except RefusedError as e:
             self.metrics.changes.labels("refused").inc()
-            log.warning("not admitting %s: %s", member.name, e)
+            log.warning("not proposing %s: %s", change, e)
             return
         except ConflictError:
             self.metrics.changes.labels("conflicted").inc()
             return
         self.metrics.changes.labels("proposed").inc()
-        if done.conflicts:
-            self.metrics.changes.labels("conflicted").inc(done.conflicts)
-        log.info("admitted %s: version %s %s", member.name, done.snapshot.ruleset.version, done.snapshot.ruleset.show())
+        if committed.conflicts:
+            self.metrics.changes.labels("conflicted").inc(committed.conflicts)
+        rs = committed.snapshot.ruleset
+        log.info("%s: version %s %s", done, rs.version, rs.show())
 
     # --- the node record --------------------------------------------------------------
 

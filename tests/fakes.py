@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
 from pgcohort.core.decision import GateDecision
+from pgcohort.core.failover import Position
 from pgcohort.core.node import NodeRecord
 from pgcohort.core.rules import Member
-from pgcohort.core.ruleset import Ruleset, Term
+from pgcohort.core.ruleset import Ruleset
 from pgcohort.core.steps import Desired
+from pgcohort.core.term import Confirmation, Term, Timeline
 from pgcohort.seams import (
     Node,
     Observation,
@@ -46,14 +48,20 @@ class DelegatingStore:
     def commit(self, expected: Revision, ruleset: Ruleset, *, term_revision: Revision | None = None) -> Revision:
         return self.store.commit(expected, ruleset, term_revision=term_revision)
 
-    def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
-        return self.store.put_term(ruleset_revision, term_revision, term)
+    def put_term(self, ruleset_revision: Revision, based_on: TermSnapshot, term: Term) -> Revision:
+        return self.store.put_term(ruleset_revision, based_on, term)
+
+    def confirm(self, based_on: TermSnapshot, confirmation: Confirmation) -> Revision:
+        return self.store.confirm(based_on, confirmation)
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
         return self.store.history()
 
     def term_history(self) -> list[tuple[Revision, Term]]:
         return self.store.term_history()
+
+    def confirmation_history(self) -> list[tuple[Revision, Confirmation]]:
+        return self.store.confirmation_history()
 
     def nodes(self) -> dict[str, NodeRecord]:
         return self.store.nodes()
@@ -93,8 +101,14 @@ class DelegatingNode:
     def acknowledged(self, lsn: int) -> Mapping[str, int]:
         return self.node.acknowledged(lsn)
 
-    def revoke(self, *, timeout: float = 10.0) -> int:
-        return self.node.revoke(timeout=timeout)
+    def revoke(self, *, timeout: float = 10.0, candidate: Member | None = None) -> Position:
+        return self.node.revoke(timeout=timeout, candidate=candidate)
+
+    def release(self) -> None:
+        self.node.release()
+
+    def timeline(self) -> Timeline:
+        return self.node.timeline()
 
     def follow(self, primary: Member) -> None:
         self.node.follow(primary)
@@ -102,8 +116,8 @@ class DelegatingNode:
     def set_eligible(self, eligible: bool) -> bool:
         return self.node.set_eligible(eligible)
 
-    def promote(self, *, timeout: int = 60) -> None:
-        self.node.promote(timeout=timeout)
+    def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
+        self.node.promote(timeout=timeout, setting=setting)
 
     def close(self) -> None:
         self.node.close()

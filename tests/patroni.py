@@ -10,6 +10,11 @@ almost no environment, so everything the gate needs is in that file.
 The agents import pgcohort from a world-readable copy of this checkout (``PYTHONPATH``),
 or from ``PYTHONPATH`` as given (the mutation runner's scratch copy), never from a
 checkout the ``postgres`` user may not be able to read.
+
+Given a ``tests.netns.Network``, each node runs in a network namespace of its own (its
+agent, PostgreSQL, sidecar and the gate Patroni spawns) with its own address on the
+network's bridge, so the network can partition some nodes from others; etcd must then
+listen on ``Network.etcd_address``, and the test process reaches every node over the bridge.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from tests.netns import Host, Network
 from tests.pg import PG_BIN, _pg_ids, kill_postmaster
 from tests.servers import EtcdCluster, free_ports
 from tests.stack import SidecarProcess, http_get
@@ -58,6 +64,12 @@ class Agent:
     home: str
     proc: subprocess.Popen[bytes] | None = None
     sidecar: SidecarProcess | None = None
+    host: Host | None = None  # its network namespace, if the cluster has a network
+
+    @property
+    def address(self) -> str:
+        """Where its PostgreSQL, REST API and sidecar listen: its namespace's address, or loopback."""
+        return self.host.address if self.host is not None else "127.0.0.1"
 
     @property
     def conf_dir(self) -> str:
@@ -77,11 +89,11 @@ class Agent:
 
     @property
     def dsn(self) -> str:
-        return f"host=127.0.0.1 port={self.pg_port} user=postgres dbname=postgres connect_timeout=3"
+        return f"host={self.address} port={self.pg_port} user=postgres dbname=postgres connect_timeout=3"
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"http://{self.address}:{self.rest_port}"
 
     @property
     def log(self) -> str:
@@ -118,8 +130,15 @@ class PatroniCluster:
     dcs_parameters: dict[str, Any] = field(default_factory=dict)
     actor: str = "test"  # who the pgcohort commands say decided (PGCOHORT_ACTOR)
     agents: dict[str, Agent] = field(default_factory=dict)
+    network: Network | None = None  # given: each node gets a Host of its own on it (the caller closes it)
+    sidecar_settings: dict[str, Any] = field(default_factory=dict)  # merged into each pgcohort.yml's sidecar
 
     def __post_init__(self) -> None:
+        if self.network is not None and self.etcd.host != self.network.etcd_address:
+            raise ValueError(
+                f"etcd listens on {self.etcd.host}, which the namespaces cannot reach: "
+                "start it with EtcdCluster(host=network.etcd_address)"
+            )
         self.root = tempfile.mkdtemp(prefix="pgcohort-patroni-")
         os.chmod(self.root, 0o755)
         self.pythonpath = os.environ.get("PYTHONPATH") or self._readable_copy()
@@ -135,7 +154,8 @@ class PatroniCluster:
     def add(self, name: str, zone: str = "zone-a", *, start: bool = True, sidecar: bool = True) -> Agent:
         pg_port, rest_port, sidecar_port = free_ports(3)
         home = os.path.join(self.root, name)
-        agent = Agent(name, zone, pg_port, rest_port, sidecar_port, home)
+        host = self.network.host(name) if self.network is not None else None
+        agent = Agent(name, zone, pg_port, rest_port, sidecar_port, home, host=host)
         uid, gid = _pg_ids()
         os.makedirs(agent.conf_dir)
         for d in (home, agent.conf_dir):
@@ -171,7 +191,9 @@ class PatroniCluster:
         )
 
     def pgcohort_config(self, a: Agent) -> dict[str, Any]:
-        return pgcohort_config(self.scope, a, self.etcd.endpoints)
+        doc = pgcohort_config(self.scope, a, self.etcd.endpoints)
+        doc["sidecar"].update(self.sidecar_settings)
+        return doc
 
     def start_agent(self, a: Agent) -> None:
         env = {
@@ -180,13 +202,11 @@ class PatroniCluster:
             "LANG": "C.UTF-8",
             "HOME": a.home,
         }
-        uid, gid = _pg_ids()
+        argv, who = self._as_postgres(a, [PATRONI, a.conf_dir])
         log = open(a.log_path, "ab")  # noqa: SIM115 (kept open by the child)
         a.proc = subprocess.Popen(
-            [PATRONI, a.conf_dir],
-            user=uid,
-            group=gid,
-            extra_groups=[],
+            argv,
+            **who,
             env=env,
             cwd=a.home,
             stdout=log,
@@ -195,9 +215,25 @@ class PatroniCluster:
         )
         log.close()
 
+    def _as_postgres(self, a: Agent, cmd: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """``cmd`` and the Popen arguments that run it as postgres (no extra groups) on node ``a``.
+
+        In a namespace the switch happens inside it (entering one needs root), by programs that
+        exec in place: the spawned PID is still ``cmd``'s own process.
+        """
+        uid, gid = _pg_ids()
+        if a.host is not None:
+            return a.host.argv(cmd, user=uid), {}
+        return cmd, {"user": uid, "group": gid, "extra_groups": []}
+
     def start_sidecar(self, a: Agent) -> SidecarProcess:
         car = SidecarProcess(
-            a.name, a.sidecar_port, os.path.join(self.root, f"sidecar-{a.name}.log"), self.sidecar_env(a)
+            a.name,
+            a.sidecar_port,
+            os.path.join(self.root, f"sidecar-{a.name}.log"),
+            self.sidecar_env(a),
+            host=a.address,
+            launcher=a.host.argv([]) if a.host is not None else [],
         )
         car.start()
         car.wait_http()
@@ -299,21 +335,22 @@ class PatroniCluster:
         )
 
     def pgcohort(self, *args: str, node: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The pgcohort CLI with node's config (default: the first node), inside the node's namespace if any."""
         a = self.agents[node] if node else next(iter(self.agents.values()))
         env = {**self.sidecar_env(a), "PGCOHORT_ACTOR": self.actor}
+        argv = [PGCOHORT, *args, "--config", a.pgcohort_config]
         return subprocess.run(
-            [PGCOHORT, *args, "--config", a.pgcohort_config], capture_output=True, text=True, env=env, check=check
+            a.host.argv(argv) if a.host is not None else argv, capture_output=True, text=True, env=env, check=check
         )
 
     def gate_as_patroni(self, name: str) -> subprocess.CompletedProcess[str]:
-        """Run the pre_promote command exactly as Patroni would: as postgres, no arguments added, bare env."""
+        """Run the pre_promote command exactly as Patroni would: as postgres, no arguments added, bare env,
+        in the node's namespace if it has one."""
         a = self.agents[name]
-        uid, gid = _pg_ids()
+        argv, who = self._as_postgres(a, [PGCOHORT, "gate", "--config", a.pgcohort_config])
         return subprocess.run(
-            [PGCOHORT, "gate", "--config", a.pgcohort_config],
-            user=uid,
-            group=gid,
-            extra_groups=[],
+            argv,
+            **who,
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": self.pythonpath, "HOME": a.home},
             cwd=a.home,
             capture_output=True,
@@ -321,6 +358,7 @@ class PatroniCluster:
         )
 
     def close(self) -> None:
+        """Kill every sidecar, agent and PostgreSQL, and delete their files (the network is the caller's)."""
         for a in self.agents.values():
             if a.sidecar is not None:
                 a.sidecar.kill()
@@ -340,9 +378,16 @@ def patroni_config(
     parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Patroni's own file for node ``a`` (``conf.d/00-patroni.yml``)."""
+    hba = [
+        "local all all trust",
+        "host replication replicator 127.0.0.1/32 trust",
+        "host all all 127.0.0.1/32 trust",
+    ]
+    if a.host is not None:  # the other nodes and the test process, over the bridge
+        hba += [f"host replication replicator {a.host.subnet} trust", f"host all all {a.host.subnet} trust"]
     postgresql: dict[str, Any] = {
-        "listen": f"127.0.0.1:{a.pg_port}",
-        "connect_address": f"127.0.0.1:{a.pg_port}",
+        "listen": f"{a.address}:{a.pg_port}",
+        "connect_address": f"{a.address}:{a.pg_port}",
         "data_dir": a.data_dir,
         "bin_dir": PG_BIN,
         "pgpass": os.path.join(a.home, "pgpass"),
@@ -351,11 +396,7 @@ def patroni_config(
             "superuser": {"username": "postgres", "password": "postgres-pass"},
             "rewind": {"username": "postgres", "password": "postgres-pass"},
         },
-        "pg_hba": [
-            "local all all trust",
-            "host replication replicator 127.0.0.1/32 trust",
-            "host all all 127.0.0.1/32 trust",
-        ],
+        "pg_hba": hba,
         "parameters": {"unix_socket_directories": a.home},
     }
     if gate:
@@ -365,7 +406,7 @@ def patroni_config(
         "namespace": "/service",
         "name": a.name,
         "log": {"level": "INFO"},
-        "restapi": {"listen": f"127.0.0.1:{a.rest_port}", "connect_address": f"127.0.0.1:{a.rest_port}"},
+        "restapi": {"listen": f"{a.address}:{a.rest_port}", "connect_address": f"{a.address}:{a.rest_port}"},
         "etcd3": {"hosts": [e.removeprefix("http://") for e in etcd_endpoints]},
         "bootstrap": {
             "dcs": {
@@ -394,9 +435,9 @@ def pgcohort_config(scope: str, a: Agent, etcd_endpoints: list[str]) -> dict[str
     return {
         "cluster": scope,
         "etcd": {"endpoints": etcd_endpoints, "timeout": 1.0, "retry_for": 3.0},
-        "node": {"name": a.name, "zone": a.zone, "host": "127.0.0.1", "port": a.pg_port},
+        "node": {"name": a.name, "zone": a.zone, "host": a.address, "port": a.pg_port},
         "postgres": {"dsn": a.dsn, "member_options": "user=postgres dbname=postgres connect_timeout=2"},
-        "sidecar": {"listen": f"127.0.0.1:{a.sidecar_port}", "interval": 0.5, "ttl": 3, "adapter": "patroni"},
+        "sidecar": {"listen": f"{a.address}:{a.sidecar_port}", "interval": 0.5, "ttl": 3, "adapter": "patroni"},
         "patroni": {"url": a.api, "config_dir": a.conf_dir},
     }
 

@@ -13,7 +13,7 @@ import psycopg
 from pgcohort.adapters.postgres import PostgresNode
 from pgcohort.core.rules import Member
 from pgcohort.core.ruleset import Ruleset
-from pgcohort.seams import Snapshot, Store, TermSnapshot
+from pgcohort.seams import Observation, Snapshot, Store, TermSnapshot
 from tests.fakes import DelegatingStore
 
 WARNING = "canceling wait for synchronous replication"
@@ -23,6 +23,15 @@ def connect(m: Member) -> PostgresNode:
     return PostgresNode(
         f"host={m.host} port={m.port} user=postgres dbname=postgres connect_timeout=2", connect_timeout=2
     )
+
+
+def observe(m: Member) -> Observation:
+    """What member ``m``'s PostgreSQL reports now, over a connection closed again."""
+    node = connect(m)
+    try:
+        return node.observe()
+    finally:
+        node.close()
 
 
 def create_ledger(dsn: str) -> None:
@@ -107,7 +116,7 @@ def naive_failover(view: Ruleset, old_primary: str, *, trust: str = "rule") -> s
             continue
         node = connect(m)
         try:
-            positions[m.name] = node.revoke(timeout=5)
+            positions[m.name] = node.revoke(timeout=5).lsn
         except Exception:  # noqa: BLE001 (an unreachable member is skipped, as a naive tool would)
             continue
         finally:

@@ -161,6 +161,6 @@ def test_each_refusal_names_its_cause_and_the_safe_next_step() -> None:
     rs = core.initial(Rule(AnyK(1), tuple(Member(n) for n in "abcd")), "a", changed_by="", now="")
     behind = failover.decide(rs, "a", {"b": 10, "c": 10, "d": 20}, candidate="b")
     assert not behind.allowed and "behind d" in behind.reason
-    assert behind.remedy == "d is ahead: drop --candidate, or choose d"  # never "--allow-data-loss" here
+    assert behind.remedy == "d is ahead: drop --candidate to let the gate choose, or choose d"  # no data loss here
     short = failover.decide(rs, "a", {"b": 10, "c": 10})
     assert "reach 1 more" in short.reason and "--allow-data-loss" in short.remedy

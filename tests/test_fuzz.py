@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from pgcohort import cli, config, protocol
 from pgcohort.core import decision, node
 from pgcohort.core import ruleset as core
+from pgcohort.core import term as term_core
 from pgcohort.core.rules import AnyK, CrossZone, Member, Rule
 from pgcohort.errors import InvalidInputError, InvalidRecordError
 from pgcohort.seams import Revision
@@ -45,7 +46,7 @@ RULESETS = [
     core.to_record(core.Ruleset(3, RULE, None, "me", "now", "r", "w/1")),
     core.to_record(core.Ruleset(4, Rule(CrossZone(), RULE.cohort), RULE, "me", "now", "policy cross-zone", "w/2")),
 ]
-TERM = core.term_to_record(core.Term(2, "pg1", 7, 123, "gate@pg1", "now", "w/3"))
+TERM = term_core.term_to_record(term_core.Term(2, "pg1", 7, 123, "gate@pg1", "now", "w/3"))
 NODE = json.loads(node.encode(node.NodeRecord("pg1", "b", "h", 5433, "replica", 99, 3)))
 DECISION = json.loads(decision.encode(decision.GateDecision("pg1", "refused", 0.5, "now", 2, "why")))
 
@@ -117,11 +118,11 @@ def test_the_decoders_cache_of_rules_never_admits_a_lookalike(field: str, value:
 @given(inputs(TERM))
 def test_the_term_decoder(raw: bytes) -> None:
     try:
-        t = core.decode_term(raw, "term")
+        t = term_core.decode_term(raw, "term")
     except InvalidRecordError as e:
         assert e.record == "term"
         return
-    assert t.term >= 1 and core.decode_term(core.encode_term(t), "again") == t
+    assert t.term >= 1 and term_core.decode_term(term_core.encode_term(t), "again") == t
 
 
 @settings(max_examples=300, deadline=None)

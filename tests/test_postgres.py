@@ -115,7 +115,7 @@ def test_revoke_stops_receiving_and_reports_position(pg: PgCluster, connect: Cal
         conn.execute("CREATE TABLE t (x int)")
         conn.execute("INSERT INTO t VALUES (1)")
     standby = connect("pg1")
-    position = standby.revoke()
+    position = standby.revoke().lsn
     assert position > 0 and not standby.observe().receiving
     with psycopg.connect(pg.nodes["pg0"].dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO t VALUES (2)")

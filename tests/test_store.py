@@ -13,6 +13,7 @@ from pgcohort import protocol
 from pgcohort.core import ruleset as core
 from pgcohort.core.node import NodeRecord
 from pgcohort.core.rules import AnyK, Member
+from pgcohort.core.term import Term
 from pgcohort.errors import (
     AccessDeniedError,
     ConflictError,
@@ -258,9 +259,7 @@ def test_no_endpoint_answers(cluster_name: str) -> None:
     assert 1.0 <= time.monotonic() - started < 2.5
     assert s.stats().rotations >= 3
     with pytest.raises(StoreUnavailableError, match="not sent, nothing was changed"):
-        s.init(
-            core.initial(three_members(), "pg0", changed_by="", now="", writer="w"), core.Term(1, "pg0", 0, writer="w")
-        )
+        s.init(core.initial(three_members(), "pg0", changed_by="", now="", writer="w"), Term(1, "pg0", 0, writer="w"))
 
 
 @pytest.mark.fault
@@ -303,11 +302,11 @@ def test_term_cas_compares_ruleset_and_term(store: EtcdStore) -> None:
     protocol.init(store, three_members(), "pg0", actor="a")
     snap, term = store.read_both()
     nxt = term.term.next("pg1", snap.revision, writer="t/1")
-    store.put_term(snap.revision, term.revision, nxt)
+    store.put_term(snap.revision, term, nxt)
     assert store.read_both()[1].term.primary == "pg1"
     stale = term.term.next("pg2", snap.revision, writer="t/2")
     with pytest.raises(ConflictError, match="survey again"):
-        store.put_term(snap.revision, term.revision, stale)
+        store.put_term(snap.revision, term, stale)
     assert store.read_both()[1].term.primary == "pg1"
 
 
@@ -349,12 +348,12 @@ def test_a_retried_write_that_committed_and_was_superseded_says_so(store: EtcdSt
     assert e.value.committed_revision == first
     snap, term = store.read_both()
     t2 = term.term.next("pg1", snap.revision, writer="g/1")
-    store.put_term(snap.revision, term.revision, t2)
-    store.put_term(snap.revision, store.read_both()[1].revision, t2.next("pg2", snap.revision, writer="g/2"))
+    store.put_term(snap.revision, term, t2)
+    store.put_term(snap.revision, store.read_both()[1], t2.next("pg2", snap.revision, writer="g/2"))
     with pytest.raises(
         SupersededError, match="term 2 naming pg1 was committed at revision .*, then superseded by term 3"
     ):
-        store.put_term(snap.revision, term.revision, t2)
+        store.put_term(snap.revision, term, t2)
 
 
 def test_a_stranger_conflict_is_not_mistaken_for_ours(store: EtcdStore) -> None:

@@ -13,6 +13,14 @@ In the joint phase both rules are active and a write may have been acknowledged 
 either, so the survey must satisfy each rule on its own electorate. WAL is a single ordered
 stream, so the surveyed member with the highest position holds every write any surveyed
 member holds; the candidate must be in every active cohort and hold that highest position.
+
+The failed primary is the **reference**: the primary of the last *confirmed* term
+(:mod:`pgcohort.core.term`), not a later term's primary that may never have run. A position
+is what a fenced member holds on disk (:class:`Position`: the end of valid WAL in its
+pg_wal, and the timeline it is on); positions are compared on the reference primary's
+timeline (:func:`on_reference`), and a member whose WAL is on a timeline the reference's
+does not contain makes the failover refuse: some promotion happened that no confirmation
+recorded, and its writes can only be judged from its own timeline.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 
 from pgcohort.core.rules import Rule
 from pgcohort.core.ruleset import Ruleset
+from pgcohort.core.term import Timeline
 from pgcohort.errors import InvalidInputError
 
 
@@ -41,6 +50,51 @@ def parse_lsn(text: str) -> int:
 
 def format_lsn(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class Position:
+    """What a fenced member holds on disk: the end of valid WAL in its pg_wal, on its newest timeline."""
+
+    lsn: int
+    timeline: int
+
+    def __str__(self) -> str:
+        return f"{format_lsn(self.lsn)} on timeline {self.timeline}"
+
+
+def on_reference(
+    positions: Mapping[str, Position], reference: Timeline | None
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Each position as an LSN comparable on the reference primary's ``timeline``; and the members whose WAL
+    is on a timeline it does not contain, with why.
+
+    A member on the reference timeline counts its whole WAL; one on an ancestor counts it up
+    to where the reference forked from it (beyond that it holds another history, which no
+    write acknowledged on the reference's timeline is part of). While the reference's
+    timeline is unknown (just after ``init``, before its sidecar recorded it), every position
+    must be on one timeline.
+    """
+    if reference is None:
+        timelines = sorted({p.timeline for p in positions.values()})
+        if len(timelines) > 1:
+            why = (
+                f"surveyed members are on timelines {', '.join(map(str, timelines))} and the confirmed primary's "
+                "timeline is not recorded yet"
+            )
+            return {}, {n: why for n in positions}
+        return {n: p.lsn for n, p in positions.items()}, {}
+    comparable, foreign = {}, {}
+    for n, p in positions.items():
+        held = reference.contains(p.timeline, p.lsn)
+        if held is None:
+            foreign[n] = (
+                f"its WAL ends at {p}, a timeline that timeline {reference.id} of the confirmed primary does not "
+                "contain"
+            )
+        else:
+            comparable[n] = held
+    return comparable, foreign
 
 
 @dataclass(frozen=True)
@@ -70,6 +124,25 @@ class RuleCheck:
 
 
 @dataclass(frozen=True)
+class Wording:
+    """How a refusal's remedy tells the operator to promote another member, or to accept a loss, in the words
+    of whoever promotes: ``pgcohort failover`` by default; Patroni's are in :mod:`pgcohort.adapters.patroni`."""
+
+    choose: str = "drop --candidate to let the gate choose, or choose {name}"
+    other: str = "choose a member of every active cohort, or drop --candidate to let the gate choose"
+    force: str = "pass --allow-data-loss"
+    demote: str = "Let the HA manager demote it (or stop it), then retry"
+
+
+PLAIN = Wording()
+"""``pgcohort failover``'s own words (plain PostgreSQL)."""
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+@dataclass(frozen=True)
 class FailoverDecision:
     allowed: bool
     candidate: str | None
@@ -92,12 +165,19 @@ def check_rules(ruleset: Ruleset, old_primary: str, surveyed: Mapping[str, int])
 
 
 def decide(
-    ruleset: Ruleset, old_primary: str, surveyed: Mapping[str, int], candidate: str | None = None
+    ruleset: Ruleset,
+    old_primary: str,
+    surveyed: Mapping[str, int],
+    candidate: str | None = None,
+    wording: Wording = PLAIN,
 ) -> FailoverDecision:
-    """May a failover away from ``old_primary`` proceed, given revoked members' positions?
+    """May a failover away from ``old_primary`` (the reference) proceed, given fenced members' positions?
 
-    ``surveyed`` maps each revoked, reached member to its position (the greater of its
-    received and replayed LSN). Returns the decision with the chosen (or checked) candidate.
+    ``surveyed`` maps each fenced, reached member to its position, comparable on the
+    reference's timeline (:func:`on_reference`). The reference itself is in it only when it
+    is the candidate: a former primary taking its key back after a later term was never
+    confirmed, compared like any member but never counted for the survey. Returns the
+    decision with the chosen (or checked) candidate.
     """
     positions = {n: p for n, p in surveyed.items() if n != old_primary}
     checks = check_rules(ruleset, old_primary, positions)
@@ -114,9 +194,11 @@ def decide(
             checks,
             reason,
             "Bring the missing members back (their PostgreSQL reachable), or, accepting the loss of "
-            "acknowledged writes, pass --allow-data-loss",
+            f"acknowledged writes, {wording.force}",
         )
     counted = {n: p for n, p in positions.items() if any(n in r.names for r in ruleset.active_rules())}
+    if candidate == old_primary and old_primary in surveyed:
+        counted[old_primary] = surveyed[old_primary]
     if not counted:
         return FailoverDecision(False, None, checks, "no cohort member was surveyed", "Bring cohort members back")
     top = max(counted.values())
@@ -132,16 +214,16 @@ def decide(
                 f"the most advanced surveyed member(s) {ahead} at {format_lsn(top)} are not "
                 "in every active cohort; no eligible candidate holds every acknowledged write",
                 f"Wait until a member of every active cohort has caught up with {ahead} (or the change in "
-                "progress is finalized), or, accepting the loss of acknowledged writes, pass --allow-data-loss",
+                f"progress is finalized), or, accepting the loss of acknowledged writes, {wording.force}",
             )
         return FailoverDecision(True, best[0], checks, f"{best[0]} holds the highest position {format_lsn(top)}")
-    if candidate == old_primary or not ruleset.counts(candidate):
+    if not ruleset.counts(candidate):
         return FailoverDecision(
             False,
             None,
             checks,
             f"candidate {candidate} is not in every active cohort ({ruleset.show()})",
-            "Choose a member of every active cohort, or drop --candidate to let the gate choose",
+            _capital(wording.other),
         )
     if candidate not in counted:
         return FailoverDecision(
@@ -149,7 +231,7 @@ def decide(
             None,
             checks,
             f"candidate {candidate} was not surveyed",
-            f"Make {candidate}'s PostgreSQL reachable, or drop --candidate to let the gate choose",
+            f"Make {candidate}'s PostgreSQL reachable, or {wording.other}",
         )
     if counted[candidate] < top:
         return FailoverDecision(
@@ -158,6 +240,6 @@ def decide(
             checks,
             f"candidate {candidate} is at {format_lsn(counted[candidate])}, behind "
             f"{ahead} at {format_lsn(top)}: it may miss acknowledged writes",
-            f"{ahead} is ahead: drop --candidate, or choose {ahead.split()[0]}",
+            f"{ahead} is ahead: {wording.choose.format(name=ahead.split()[0])}",
         )
     return FailoverDecision(True, candidate, checks, f"{candidate} holds the highest position {format_lsn(top)}")

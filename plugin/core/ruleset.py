@@ -46,8 +46,12 @@ class AddMember:
 @dataclass(frozen=True)
 class RemoveMember:
     name: str
+    bench: bool = False  # healing: keep it on the bench, to be admitted again once it streams and catches up
+    why: str = ""
 
     def __str__(self) -> str:
+        if self.bench:
+            return f"bench {self.name}" + (f" ({self.why})" if self.why else "")
         return f"remove {self.name}"
 
 
@@ -73,6 +77,7 @@ class Ruleset:
     changed_at: str = ""
     reason: str = ""
     writer: str = ""
+    benched: tuple[Member, ...] = ()  # taken out of the rule by healing; admitted again once caught up
 
     @property
     def phase(self) -> Phase:
@@ -89,6 +94,9 @@ class Ruleset:
     def counts(self, name: str) -> bool:
         """True if ``name``'s acknowledgements count under every active rule."""
         return all(name in r.names for r in self.active_rules())
+
+    def bench_member(self, name: str) -> Member | None:
+        return next((m for m in self.benched if m.name == name), None)
 
 
 def describe_change(previous: Rule, rule: Rule) -> Change | None:
@@ -126,15 +134,27 @@ def propose(current: Ruleset, change: Change, primary: str, *, changed_by: str, 
             "the sidecar beside the primary has applied it and finalized. Nothing was changed; "
             "check `pgcohort status` and retry after it is stable"
         )
-    old = current.rule
+    old, benched = current.rule, current.benched
     if isinstance(change, AddMember):
         name = change.member.name
         clash = [m.name for m in old.cohort if m.name.lower() == name.lower()]
         if clash:
             raise RefusedError(f"refused add {name}: {clash[0]!r} is already in the cohort ({old.show()})")
         new = Rule(old.policy, old.cohort + (change.member,))
+        benched = tuple(m for m in benched if m.name.lower() != name.lower())
     elif isinstance(change, RemoveMember):
         check_member_name(change.name)
+        if old.member(change.name) is None and current.bench_member(change.name) is not None and not change.bench:
+            # Off the bench for good: the rule does not change, so there is no joint phase.
+            return replace(
+                current,
+                version=current.version + 1,
+                changed_by=changed_by,
+                changed_at=now,
+                reason=f"forget {change.name} (benched)",
+                writer=writer,
+                benched=tuple(m for m in benched if m.name != change.name),
+            )
         if old.member(change.name) is None:
             raise RefusedError(f"refused remove {change.name}: no such member in the cohort ({old.show()})")
         if change.name == primary:
@@ -143,6 +163,10 @@ def propose(current: Ruleset, change: Change, primary: str, *, changed_by: str, 
                 "switch over to another member first, then remove it"
             )
         new = Rule(old.policy, tuple(m for m in old.cohort if m.name != change.name))
+        if change.bench:
+            member = old.member(change.name)
+            assert member is not None
+            benched = tuple(sorted(benched + (member,)))
     else:
         if change.policy == old.policy:
             raise RefusedError(f"refused policy {change.policy}: it is already the policy")
@@ -151,7 +175,7 @@ def propose(current: Ruleset, change: Change, primary: str, *, changed_by: str, 
         new.check(primary)
     except RefusedError as e:
         raise RefusedError(f"refused {change}: {e}. Nothing was changed") from None
-    return Ruleset(current.version + 1, new, old, changed_by, now, str(change), writer)
+    return Ruleset(current.version + 1, new, old, changed_by, now, str(change), writer, benched)
 
 
 def finalize(current: Ruleset, *, changed_by: str, now: str, writer: str = "") -> Ruleset:
@@ -159,12 +183,16 @@ def finalize(current: Ruleset, *, changed_by: str, now: str, writer: str = "") -
     if current.previous is None:
         raise RefusedError(f"nothing to finalize: version {current.version} is already stable")
     change = describe_change(current.previous, current.rule)
-    return Ruleset(current.version + 1, current.rule, None, changed_by, now, f"finalize {change}", writer)
+    return Ruleset(
+        current.version + 1, current.rule, None, changed_by, now, f"finalize {change}", writer, current.benched
+    )
 
 
 def check_invariants(ruleset: Ruleset, primary: str | None = None) -> None:
     """Raise AssertionError if ``ruleset`` breaks an invariant of the module docstring."""
     assert ruleset.version >= 1, f"version {ruleset.version} < 1"
+    both = sorted(m.name for m in ruleset.benched if ruleset.rule.member(m.name) is not None)
+    assert not both, f"{', '.join(both)} both in the rule and on the bench"
     if ruleset.previous is not None:
         assert describe_change(ruleset.previous, ruleset.rule) is not None, (
             f"joint phase must differ by exactly one change: {ruleset.show()}"
@@ -192,25 +220,14 @@ def check_written_by_protocol(number: int, key_version: int, what: str, where: s
         )
 
 
-def check_pair(ruleset: Ruleset, term: Term, where: str) -> None:
-    """Invariant 4 across the two records: every active rule is enforceable by the term's primary."""
-    try:
-        check_invariants(ruleset, term.primary)
-    except (AssertionError, RefusedError) as e:
-        raise InvalidRecordError(
-            f"{where}: the ruleset (version {ruleset.version}) and the term (term {term.term}, primary "
-            f"{term.primary}) contradict each other: {e}. " + RESTORE_HINT
-        ) from None
-
-
 def restoration(
-    history: list[Ruleset], term: Term, key_version: int, *, changed_by: str, now: str, writer: str, problem: str
+    history: list[Ruleset], primary: str, key_version: int, *, changed_by: str, now: str, writer: str, problem: str
 ) -> Ruleset:
-    """The ruleset ``pgcohort restore`` commits: the newest valid history entry that ``term`` can enforce,
+    """The ruleset ``pgcohort restore`` commits: the newest valid history entry the term's ``primary`` can enforce,
     again, as the next version of the key (its etcd write count + 1, keeping invariant 5)."""
     for old in sorted(history, key=lambda rs: rs.version, reverse=True):
         try:
-            check_invariants(old, term.primary)
+            check_invariants(old, primary)
         except (AssertionError, RefusedError):
             continue
         reason = f"restore version {old.version} ({problem.split('. ')[0][:200]})"
@@ -218,17 +235,9 @@ def restoration(
             old, version=key_version + 1, changed_by=changed_by, changed_at=now, reason=reason, writer=writer
         )
     raise RefusedError(
-        f"no valid version in the history is enforceable by the term's primary {term.primary}; nothing was "
+        f"no valid version in the history is enforceable by the term's primary {primary}; nothing was "
         "changed. Restore the ruleset by hand with etcdctl from a backup"
     )
-
-
-def term_restoration(history: list[Term], key_version: int, *, decided_by: str, now: str, writer: str) -> Term:
-    """The term ``pgcohort restore`` commits: the newest valid term in its history, numbered after the key's writes."""
-    if not history:
-        raise RefusedError("the term history is empty: nothing valid to restore; nothing was changed")
-    old = max(history, key=lambda t: t.term)
-    return replace(old, term=key_version + 1, decided_by=decided_by, at=now, writer=writer)
 
 
 # --- the record format (JSON in etcd) -------------------------------------------------
@@ -241,12 +250,17 @@ def _policy_record(p: Policy) -> dict[str, Any]:
 def _rule_record(r: Rule) -> dict[str, Any]:
     return {
         "policy": _policy_record(r.policy),
-        "cohort": [{"name": m.name, "host": m.host, "port": m.port, "zone": m.zone} for m in r.cohort],
+        "cohort": [_member_record(m) for m in r.cohort],
     }
 
 
+def _member_record(m: Member) -> dict[str, Any]:
+    return {"name": m.name, "host": m.host, "port": m.port, "zone": m.zone}
+
+
 def to_record(rs: Ruleset) -> dict[str, Any]:
-    return {
+    benched = {"benched": [_member_record(m) for m in rs.benched]} if rs.benched else {}
+    return benched | {
         "version": rs.version,
         "phase": rs.phase,
         "rule": _rule_record(rs.rule),
@@ -262,7 +276,7 @@ def encode(rs: Ruleset) -> bytes:
     return json.dumps(to_record(rs), sort_keys=True, separators=(",", ":")).encode()
 
 
-def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+def field_of(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in d:
         raise InvalidInputError(f"{where}: missing field {key!r}")
     v = d[key]
@@ -274,9 +288,9 @@ def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
 def _policy_from(d: Any, where: str) -> Policy:
     if not isinstance(d, dict):
         raise InvalidInputError(f"{where}: policy must be an object")
-    kind = _field(d, "kind", str, where)
+    kind = field_of(d, "kind", str, where)
     if kind == "any":
-        return AnyK(_field(d, "k", int, where))
+        return AnyK(field_of(d, "k", int, where))
     if kind == "cross-zone":
         return CrossZone()
     return parse_policy(kind)
@@ -306,34 +320,38 @@ _RULES: dict[str, Rule] = {}
 def _validated_rule(d: Any, where: str) -> Rule:
     if not isinstance(d, dict):
         raise InvalidInputError(f"{where}: must be an object")
-    cohort = _field(d, "cohort", list, where)
+    members = _members_from(field_of(d, "cohort", list, where), f"{where}.cohort")
+    if not members:
+        raise InvalidInputError(f"{where}: the cohort is empty")
+    return Rule(_policy_from(d.get("policy"), f"{where}.policy"), tuple(members))
+
+
+def _members_from(items: list[Any], where: str) -> tuple[Member, ...]:
     members = []
-    for i, m in enumerate(cohort):
-        w = f"{where}.cohort[{i}]"
+    for i, m in enumerate(items):
+        w = f"{where}[{i}]"
         if not isinstance(m, dict):
             raise InvalidInputError(f"{w}: must be an object")
         members.append(
             Member(
-                _field(m, "name", str, w),
-                _field(m, "host", str, w),
-                _field(m, "port", int, w),
-                _field(m, "zone", str, w),
+                field_of(m, "name", str, w),
+                field_of(m, "host", str, w),
+                field_of(m, "port", int, w),
+                field_of(m, "zone", str, w),
             )
         )
-    if not members:
-        raise InvalidInputError(f"{where}: the cohort is empty")
-    return Rule(_policy_from(d.get("policy"), f"{where}.policy"), tuple(members))
+    return tuple(members)
 
 
 def from_record(d: Any) -> Ruleset:
     """Validate a decoded record; :class:`InvalidInputError` names the first problem found."""
     if not isinstance(d, dict):
         raise InvalidInputError("the ruleset record must be a JSON object")
-    version = _field(d, "version", int, "ruleset")
+    version = field_of(d, "version", int, "ruleset")
     rule = _rule_from(d.get("rule"), "rule")
     prev_raw = d.get("previous")
     previous = None if prev_raw is None else _rule_from(prev_raw, "previous")
-    phase = _field(d, "phase", str, "ruleset")
+    phase = field_of(d, "phase", str, "ruleset")
     expected = "stable" if previous is None else "joint"
     if phase != expected:
         raise InvalidInputError(f"ruleset: phase {phase!r} contradicts previous (expected {expected!r})")
@@ -345,6 +363,7 @@ def from_record(d: Any) -> Ruleset:
         str(d.get("changed_at", "")),
         str(d.get("reason", "")),
         str(d.get("writer", "")),
+        tuple(sorted(_members_from(field_of(d, "benched", list, "ruleset"), "benched"))) if "benched" in d else (),
     )
     try:
         check_invariants(rs)
@@ -359,67 +378,3 @@ def decode(raw: bytes, where: str) -> Ruleset:
         return from_record(json.loads(raw))
     except (ValueError, InvalidInputError) as e:
         raise InvalidRecordError(f"{where} is not a valid pgcohort ruleset ({e}). " + RESTORE_HINT) from None
-
-
-# --- the term -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Term:
-    """Who is primary, decided by a gated promotion (or by ``init``)."""
-
-    term: int
-    primary: str
-    ruleset_revision: int
-    lsn: int | None = None
-    decided_by: str = ""
-    at: str = ""
-    writer: str = ""
-    forced: str = ""
-
-    def next(self, primary: str, ruleset_revision: int, **kw: Any) -> Term:
-        return replace(self, term=self.term + 1, primary=primary, ruleset_revision=ruleset_revision, **kw)
-
-
-def term_to_record(t: Term) -> dict[str, Any]:
-    return {
-        "term": t.term,
-        "primary": t.primary,
-        "ruleset_revision": t.ruleset_revision,
-        "lsn": t.lsn,
-        "decided_by": t.decided_by,
-        "at": t.at,
-        "writer": t.writer,
-        "forced": t.forced,
-    }
-
-
-def encode_term(t: Term) -> bytes:
-    return json.dumps(term_to_record(t), sort_keys=True, separators=(",", ":")).encode()
-
-
-def decode_term(raw: bytes, where: str) -> Term:
-    try:
-        d = json.loads(raw)
-        if not isinstance(d, dict):
-            raise InvalidInputError("must be a JSON object")
-        lsn = d.get("lsn")
-        if lsn is not None and (not isinstance(lsn, int) or isinstance(lsn, bool)):
-            raise InvalidInputError("field 'lsn' has the wrong type")
-        number = _field(d, "term", int, "term")
-        if number < 1:
-            raise InvalidInputError(f"term {number} < 1")
-        return Term(
-            number,
-            check_member_name(_field(d, "primary", str, "term")),
-            _field(d, "ruleset_revision", int, "term"),
-            lsn,
-            str(d.get("decided_by", "")),
-            str(d.get("at", "")),
-            str(d.get("writer", "")),
-            str(d.get("forced", "")),
-        )
-    except (ValueError, InvalidInputError) as e:
-        raise InvalidRecordError(
-            f"{where} is not a valid pgcohort term ({e}). " + RESTORE_HINT, record="term"
-        ) from None

@@ -9,8 +9,8 @@ Four units, as Patroni splits its etcd3 client from its DCS class:
 * :mod:`.patroni`   — Patroni's ``config`` key, written in one transaction with our ruleset's compare.
 
 Keys live under ``<prefix>/<cluster>/`` (never under Patroni's ``/service/``):
-``ruleset``, ``term``, ``history/<version>``, ``history/term-<n>``, ``nodes/<name>``,
-``decisions/<name>``.
+``ruleset``, ``term``, ``confirmed``, ``history/<version>``, ``history/term-<n>``,
+``history/confirmed-<n>``, ``nodes/<name>``, ``decisions/<name>``.
 Beside Patroni, one more key is read and written: Patroni's ``<namespace>/<scope>/config``.
 """
 
@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 
 from pgcohort.core.decision import GateDecision
 from pgcohort.core.node import NodeRecord
-from pgcohort.core.ruleset import Ruleset, Term
+from pgcohort.core.ruleset import Ruleset
+from pgcohort.core.term import Confirmation, Term
 from pgcohort.errors import InvalidInputError
 from pgcohort.seams import Revision, Snapshot, StoreStats, TermSnapshot, View
 from pgcohort.store.patroni import PatroniConfigKey
@@ -94,14 +95,20 @@ class EtcdStore:
     def commit(self, expected: Revision, ruleset: Ruleset, *, term_revision: Revision | None = None) -> Revision:
         return self.records.commit(expected, ruleset, term_revision=term_revision)
 
-    def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
-        return self.records.put_term(ruleset_revision, term_revision, term)
+    def put_term(self, ruleset_revision: Revision, based_on: TermSnapshot, term: Term) -> Revision:
+        return self.records.put_term(ruleset_revision, based_on, term)
+
+    def confirm(self, based_on: TermSnapshot, confirmation: Confirmation) -> Revision:
+        return self.records.confirm(based_on, confirmation)
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
         return self.records.history()
 
     def term_history(self) -> list[tuple[Revision, Term]]:
         return self.records.term_history()
+
+    def confirmation_history(self) -> list[tuple[Revision, Confirmation]]:
+        return self.records.confirmation_history()
 
     def restore(self, *, actor: str, writer: str, now: str) -> list[str]:
         """``pgcohort restore``: commit the newest valid history entry again where a record is invalid."""

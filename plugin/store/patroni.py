@@ -17,7 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pgcohort.core.ruleset import Ruleset, Term, encode, encode_term
+from pgcohort.core.ruleset import Ruleset, encode
+from pgcohort.core.term import Term, encode_term
 from pgcohort.errors import ConflictError, InvalidInputError, NotInitializedError, RefusedError
 from pgcohort.seams import Revision
 from pgcohort.store.records import Records

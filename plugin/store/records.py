@@ -1,4 +1,4 @@
-"""The ruleset and the term: linearizable reads and compare-and-swap writes with their audit log.
+"""The ruleset, the term and its confirmation: linearizable reads and compare-and-swap writes with their audit log.
 
 Every write is one transaction that compares ``mod_revision`` and writes the ``history/``
 entry beside the value. A write whose answer was lost is retried unchanged (see
@@ -13,16 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pgcohort.core.ruleset import (
-    Ruleset,
+from pgcohort.core.ruleset import Ruleset, check_written_by_protocol, decode, encode, restoration
+from pgcohort.core.term import (
+    Confirmation,
     Term,
+    check_confirmation,
     check_pair,
-    check_written_by_protocol,
-    decode,
+    decode_confirmation,
     decode_term,
-    encode,
+    encode_confirmation,
     encode_term,
-    restoration,
     term_restoration,
 )
 from pgcohort.errors import (
@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 
 class Records:
-    """``ruleset``, ``term`` and ``history/`` under one cluster's root."""
+    """``ruleset``, ``term``, ``confirmed`` and ``history/`` under one cluster's root."""
 
     def __init__(self, transport: Transport, root: str) -> None:
         self.transport = transport
@@ -56,6 +56,13 @@ class Records:
     @property
     def term_key(self) -> str:
         return self.root + "term"
+
+    @property
+    def confirmed_key(self) -> str:
+        return self.root + "confirmed"
+
+    def confirmed_history_key(self, term: int) -> str:
+        return f"{self.root}history/confirmed-{term:010d}"
 
     def history_key(self, version: int) -> str:
         return f"{self.root}history/{version:010d}"
@@ -78,12 +85,18 @@ class Records:
         check_written_by_protocol(rs.version, int(kv.get("version", 0)), "version", where)
         return Snapshot(rs, rev)
 
-    def _term(self, kv: dict[str, Any]) -> TermSnapshot:
+    def _term(self, kv: dict[str, Any], confirmed: dict[str, Any] | None = None) -> TermSnapshot:
         rev = Revision(int(kv["mod_revision"]))
         where = f"{self.term_key} (revision {rev})"
         term = decode_term(unb64(kv.get("value", "")), where)
         check_written_by_protocol(term.term, int(kv.get("version", 0)), "term", where)
-        return TermSnapshot(term, rev)
+        if confirmed is None:
+            return TermSnapshot(term, rev)
+        crev = Revision(int(confirmed["mod_revision"]))
+        where = f"{self.confirmed_key} (revision {crev})"
+        confirmation = decode_confirmation(unb64(confirmed.get("value", "")), where)
+        check_confirmation(term, confirmation, where)
+        return TermSnapshot(term, rev, confirmation, crev)
 
     def read(self) -> Snapshot:
         kvs, _ = self.transport.range(self.ruleset_key)
@@ -92,27 +105,32 @@ class Records:
         return self.snapshot(kvs[0])
 
     def read_both(self) -> tuple[Snapshot, TermSnapshot]:
-        """The ruleset and the term at one revision: one read-only (linearizable) transaction."""
-        ruleset, term = self._raw_both("run `pgcohort init` for this cluster first")
-        snap, now = self.snapshot(ruleset), self._term(term)
+        """The ruleset, the term and its confirmation at one revision: one read-only (linearizable) transaction."""
+        ruleset, term, confirmed = self._raw_both("run `pgcohort init` for this cluster first")
+        snap, now = self.snapshot(ruleset), self._term(term, confirmed)
         check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")
         return snap, now
 
-    def _raw_both(self, if_missing: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The ruleset's and the term's kvs at one revision (one read-only, linearizable transaction)."""
-        resp = self.transport.request(
-            "kv/txn", {"compare": [], "success": [get(self.ruleset_key), get(self.term_key)], "failure": []}
-        )
-        ruleset, term = branch_kvs(resp, 0), branch_kvs(resp, 1)
+    def _raw_both(self, if_missing: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """The ruleset's, the term's and the confirmation's kvs at one revision (one linearizable transaction).
+
+        The confirmation is None in a cluster initialized before confirmations existed.
+        """
+        gets = [get(self.ruleset_key), get(self.term_key), get(self.confirmed_key)]
+        resp = self.transport.request("kv/txn", {"compare": [], "success": gets, "failure": []})
+        ruleset, term, confirmed = branch_kvs(resp, 0), branch_kvs(resp, 1), branch_kvs(resp, 2)
         if not ruleset or not term:
             raise NotInitializedError(f"no ruleset or term under {self.root}: {if_missing}")
-        return ruleset[0], term[0]
+        return ruleset[0], term[0], (confirmed[0] if confirmed else None)
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
         return self._audit("history/0", decode)  # version keys, not history/term-*
 
     def term_history(self) -> list[tuple[Revision, Term]]:
         return self._audit("history/term-", decode_term)
+
+    def confirmation_history(self) -> list[tuple[Revision, Confirmation]]:
+        return self._audit("history/confirmed-", decode_confirmation)
 
     def _audit(
         self, prefix: str, decoder: Callable[[bytes, str], T], *, skip_invalid: bool = False
@@ -132,11 +150,12 @@ class Records:
     # --- repair -----------------------------------------------------------------------------
 
     def restore(self, *, actor: str, writer: str, now: str) -> list[str]:
-        """Where the ruleset or term is invalid, commit its newest valid history entry again (one CAS on both).
+        """Where the ruleset, term or confirmation is invalid, commit its newest valid history entry again.
 
-        Returns what was restored. RefusedError if both records are valid (nothing is written).
+        One CAS on all three. Returns what was restored. RefusedError if every record is valid
+        (nothing is written).
         """
-        rs_kv, term_kv = self._raw_both(
+        rs_kv, term_kv, confirmed_kv = self._raw_both(
             "nothing to restore (a deleted key cannot be restored through the protocol; run `pgcohort init` "
             "for a new cluster)"
         )
@@ -152,9 +171,15 @@ class Records:
                 check_pair(snap.ruleset, term, self.root)
         except InvalidRecordError as e:
             problems["ruleset"] = str(e)
+        if term is not None and confirmed_kv is not None:
+            try:
+                self._term(term_kv, confirmed_kv)
+            except InvalidRecordError as e:
+                problems["confirmation"] = str(e)
         if not problems:
             raise RefusedError(
-                f"nothing to restore: the ruleset and term under {self.root} are valid; nothing was changed"
+                f"nothing to restore: the ruleset, term and confirmation under {self.root} are valid; nothing was "
+                "changed"
             )
         success, done = [], []
         if term is None:
@@ -171,7 +196,7 @@ class Records:
                 rulesets = [r for _, r in self._audit("history/0", decode, skip_invalid=True)]
                 rs = restoration(
                     rulesets,
-                    term,
+                    term.primary,
                     int(rs_kv.get("version", 0)),
                     changed_by=actor,
                     now=now,
@@ -180,14 +205,36 @@ class Records:
                 )
                 success += [put(self.ruleset_key, encode(rs)), put(self.history_key(rs.version), encode(rs))]
                 done.insert(0, f"ruleset version {rs.version}: {rs.show()} ({rs.reason})")
+        if confirmed_kv is not None and ("confirmation" in problems or "term" in problems):
+            confirmation = self._confirmation_restoration(term)
+            success.append(put(self.confirmed_key, encode_confirmation(confirmation)))
+            done.append(
+                f"the confirmation of term {confirmation.term} (primary {confirmation.primary}, from its history)"
+            )
         compare = [
             mod_equals(self.ruleset_key, int(rs_kv["mod_revision"])),
             mod_equals(self.term_key, int(term_kv["mod_revision"])),
+            mod_equals(self.confirmed_key, int(confirmed_kv["mod_revision"]) if confirmed_kv else 0),
         ]
         ok, _ = self.transport.txn(compare, success, [])
         if not ok:
             raise ConflictError("the ruleset or term changed while restoring; nothing was written. Run restore again")
         return done
+
+    def _confirmation_restoration(self, term: Term) -> Confirmation:
+        """The newest recorded confirmation that the (restored) term can stand on: never a term later than it."""
+        for _, c in sorted(
+            self._audit("history/confirmed-", decode_confirmation, skip_invalid=True), key=lambda rc: -rc[1].term
+        ):
+            try:
+                check_confirmation(term, c, self.root)
+            except InvalidRecordError:
+                continue
+            return c
+        raise RefusedError(
+            f"no valid confirmation in the history fits term {term.term}; nothing was changed. Restore "
+            f"{self.confirmed_key} by hand from a backup, naming the last primary seen running"
+        )
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -210,13 +257,19 @@ class Records:
 
     def init(self, ruleset: Ruleset, term: Term) -> Revision:
         value, term_value = encode(ruleset), encode_term(term)
+        # init names the running primary: its term is confirmed from the start (the sidecar beside it
+        # adds its timeline at its first round).
+        confirmation = encode_confirmation(Confirmation(term.term, term.primary, None, None, term.decided_by,
+                                                        term.at, term.writer))  # fmt: skip
         success = [
             put(self.ruleset_key, value),
             put(self.history_key(ruleset.version), value),
             put(self.term_key, term_value),
             put(self.term_history_key(term.term), term_value),
+            put(self.confirmed_key, confirmation),
+            put(self.confirmed_history_key(term.term), confirmation),
         ]
-        compare = [absent(self.ruleset_key), absent(self.term_key)]
+        compare = [absent(self.ruleset_key), absent(self.term_key), absent(self.confirmed_key)]
         done = self._cas(compare, success, self.ruleset_key, self.history_key(ruleset.version), ruleset.writer)
         if not isinstance(done, _Lost):
             return done
@@ -254,8 +307,13 @@ class Records:
             current_revision=current,
         )
 
-    def put_term(self, ruleset_revision: Revision, term_revision: Revision, term: Term) -> Revision:
-        compare = [mod_equals(self.ruleset_key, ruleset_revision), mod_equals(self.term_key, term_revision)]
+    def put_term(self, ruleset_revision: Revision, based_on: TermSnapshot, term: Term) -> Revision:
+        term_revision = based_on.revision
+        compare = [
+            mod_equals(self.ruleset_key, ruleset_revision),
+            mod_equals(self.term_key, term_revision),
+            mod_equals(self.confirmed_key, based_on.confirmation_revision),
+        ]
         history = self.term_history_key(term.term)
         success = [put(self.term_key, encode_term(term)), put(history, encode_term(term))]
         done = self._cas(compare, success, self.term_key, history, term.writer)
@@ -271,8 +329,26 @@ class Records:
                 current_revision=int(done.current["mod_revision"]) if done.current else None,
             )
         raise ConflictError(
-            f"the ruleset or term changed since the survey (ruleset revision {ruleset_revision}, term "
-            f"revision {term_revision}); no term was written. Re-read and survey again"
+            f"the ruleset, term or confirmation changed since the survey (ruleset revision {ruleset_revision}, "
+            f"term revision {term_revision}); no term was written. Re-read and survey again"
+        )
+
+    def confirm(self, based_on: TermSnapshot, confirmation: Confirmation) -> Revision:
+        """Record that the term read in ``based_on`` was seen running, iff neither it nor its confirmation moved."""
+        if confirmation.term != based_on.term.term or confirmation.primary != based_on.term.primary:
+            raise InvalidInputError("internal: a confirmation names the term it was based on")
+        compare = [
+            mod_equals(self.term_key, based_on.revision),
+            mod_equals(self.confirmed_key, based_on.confirmation_revision),
+        ]
+        history, value = self.confirmed_history_key(confirmation.term), encode_confirmation(confirmation)
+        done = self._cas(compare, [put(self.confirmed_key, value), put(history, value)], self.confirmed_key,
+                         history, confirmation.writer)  # fmt: skip
+        if not isinstance(done, _Lost):
+            return done
+        raise ConflictError(
+            f"the term or its confirmation changed since term {based_on.term.term} was read; nothing was written. "
+            "Re-read before confirming"
         )
 
 

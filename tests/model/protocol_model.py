@@ -8,19 +8,28 @@ failover rule (:func:`pgcohort.core.failover.decide`).
 
 The world: a primary ``p`` and standbys ``a``, ``b`` (members) and ``c`` (registered, not a
 member), under ``any 1 of (p a b)``. etcd is a linearizable compare-and-swap register with a
-revision counter. Each node keeps its WAL as a tuple of entry ids, so "holds a write" is
-exact and diverged timelines are visible. Two orchestrators read views that may be stale,
-propose one change (add c, remove b, or any 2), survey, decide, write a term with its
-compares, and promote. The sidecar beside the primary the term names applies, commits a
-barrier, proves it and finalizes; it may restart mid-change. Writes are acknowledged by
-whichever standbys the enforced setting requires; standbys receive or stop; the primary
-crashes; revoked standbys are repointed to the new primary (rewound if they diverged).
+revision counter; the ruleset, the term and the term's confirmation live in it. Each node
+keeps its WAL as a tuple of entry ids, so "holds a write" is exact and diverged timelines
+are visible, and the timeline it is on (a promotion starts a new one, whose history says
+where it forked), so positions are compared as PostgreSQL's are
+(:func:`pgcohort.core.failover.on_reference`). Two orchestrators read views that may be
+stale, propose one change (add c, remove b, or any 2), fence and survey, decide, write a
+term with its compares, and promote; either may die between its term and its promotion, so
+a term can name a node that never ran. The sidecar beside the primary the term names
+confirms the term, applies, commits a barrier, proves it and finalizes; it may restart
+mid-change. Writes are acknowledged by whichever standbys the enforced setting requires;
+standbys receive or stop; the primary crashes; revoked standbys are repointed to the new
+primary (rewound if they diverged). A refused orchestrator lifts its fences, as the gate
+does under Patroni, whose leader key lets one gate run at a time.
 
 Invariants, checked in every reachable state:
 
 * **no acknowledged write is missing from a promoted primary** (checked at each promotion);
 * **at most one promotion per term, and only after its term committed**;
-* **the primary's enforced setting belongs to a committed rule, and its revision never moves back.**
+* **the primary's enforced setting belongs to a committed rule, and its revision never moves back;**
+* **no needless block**: when the last primary that ran is dead, its term confirmed, and
+  every other member of every active cohort is alive, a fresh survey of them all satisfies
+  every active rule (the failover is not held hostage by a node that never ran).
 
 Weakenings (model only, one flag each) show that each rule is load-bearing; each is found
 with a shortest counterexample, printed as a numbered trace.
@@ -36,7 +45,10 @@ from typing import TypeVar
 
 from pgcohort.core import failover, steps
 from pgcohort.core import ruleset as core
+from pgcohort.core.failover import Position
 from pgcohort.core.rules import AnyK, Member, Rule
+from pgcohort.core.term import Timeline
+from pgcohort.core.wal import Switch
 from pgcohort.errors import PgcohortError
 
 NODES = ("p", "a", "b", "c")
@@ -52,6 +64,9 @@ WEAKENINGS = (
     "term-without-revision-compare",
     "short-survey",
     "joint-checks-new-rule-only",
+    "reference-unconfirmed-term",  # reason from the current term's primary, confirmed or not (pgcohort 0.4)
+    "survey-without-fence",  # read positions without stopping the voters receiving (pgcohort 0.4 on Patroni)
+    "lift-while-another-surveys",  # a refused orchestrator lifts its fences although another one is surveying
 )
 
 
@@ -64,7 +79,8 @@ class Bound:
     crashes: int = 1  # primary crashes
     standby_crashes: int = 1  # standbys that die (unreachable from then on)
     reads: int = 2  # views each orchestrator reads
-    change: str = "add"  # which change orchestrator 0 may propose: add (c), remove (b) or policy (any 2)
+    change: str = "add"  # which change orchestrator 0 may propose: add (c), remove (b), policy (any 2) or none
+    abandons: int = 0  # orchestrators that die between their term and their promotion
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,8 @@ class Node:
     alive: bool = True
     streaming: bool = True  # standby: connected to ``upstream`` (a network blip toggles it)
     upstream: str = "p"
-    revoked: bool = False  # the gate's survey cleared its primary_conninfo: only a repoint undoes it
+    revoked: bool = False  # the gate's survey cleared its primary_conninfo: only a repoint or a lift undoes it
+    timeline: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,10 +102,24 @@ class Sidecar:
 
 
 @dataclass(frozen=True)
+class View:
+    """What an orchestrator read: the ruleset, the term and its confirmation, with their revisions."""
+
+    rs: core.Ruleset
+    rs_rev: int
+    term: int
+    term_primary: str
+    term_rev: int
+    reference: str  # the last confirmed term's primary
+    timeline: Timeline  # its timeline
+    conf_rev: int
+
+
+@dataclass(frozen=True)
 class Orchestrator:
-    view: tuple[core.Ruleset, int, int, str, int] | None = None  # rs, rs_rev, term, term primary, term_rev
+    view: View | None = None
     prepared: core.Ruleset | None = None  # a proposal computed from the view, not yet committed
-    survey: tuple[tuple[str, int], ...] | None = None  # revoked members and their positions
+    survey: tuple[tuple[str, Position], ...] | None = None  # fenced members and what each holds
     elected: tuple[int, str] | None = None  # a committed term (number, candidate) not yet promoted
     reads: int = 0  # views read so far (bounded by Bound.reads)
 
@@ -110,6 +141,11 @@ class State:
     pending: frozenset[int]  # client writes appended, not yet acknowledged
     acked: frozenset[int]
     promotions: tuple[tuple[int, str], ...]
+    conf_term: int = 1  # the last confirmed term, its primary and timeline (init confirms term 1)
+    conf_primary: str = "p"
+    conf_timeline: Timeline = Timeline(1)
+    conf_rev: int = 1
+    timelines: tuple[Timeline, ...] = (Timeline(1),)  # every timeline a promotion started
     next_id: int = 1
     writes: int = 0
     changes: int = 0
@@ -117,9 +153,14 @@ class State:
     restarts: int = 0
     crashes: int = 0
     standby_crashes: int = 0
+    abandons: int = 0
 
     def node(self, n: str) -> Node:
         return dict(self.nodes)[n]
+
+    def view(self) -> View:
+        return View(self.rs, self.rs_rev, self.term, self.term_primary, self.term_rev, self.conf_primary,
+                    self.conf_timeline, self.conf_rev)  # fmt: skip
 
 
 V = TypeVar("V")
@@ -163,7 +204,22 @@ class Checker:
         target = dict(s.enforced)[primary]
         return target is not None and len(self.holders(s, entry) & target.standbys) >= target.acks
 
-    def decide(self, rs: core.Ruleset, old: str, positions: dict[str, int]) -> failover.FailoverDecision:
+    def reference(self, view: View) -> str:
+        """The failed primary a gate reasons from: the last confirmed term's (or, weakened, the current term's)."""
+        return view.term_primary if "reference-unconfirmed-term" in self.weak else view.reference
+
+    def comparable(self, view: View, found: dict[str, Position]) -> dict[str, int] | None:
+        """Positions comparable on the reference's timeline; None when one is on a timeline it does not contain."""
+        if "reference-unconfirmed-term" in self.weak:
+            return {n: p.lsn for n, p in found.items()}  # 0.4 compared raw positions, knowing no timelines
+        comparable, foreign = failover.on_reference(found, view.timeline)
+        return None if foreign else comparable
+
+    def decide(self, view: View, found: dict[str, Position]) -> failover.FailoverDecision | None:
+        rs, old = view.rs, self.reference(view)
+        positions = self.comparable(view, found)
+        if positions is None:
+            return None
         if "joint-checks-new-rule-only" in self.weak and rs.previous is not None:
             rs = replace(rs, previous=None)
         if "short-survey" in self.weak:
@@ -216,13 +272,13 @@ class Checker:
                     while common < min(len(node.log), len(lead_log)) and node.log[common] == lead_log[common]:
                         common += 1
                     rewound = " (rewound)" if common < len(node.log) else ""
-                    new = Node(node.log[:common], upstream=lead)
+                    new = Node(node.log[:common], upstream=lead, timeline=nodes[lead].timeline)
                     yield f"{n} is repointed to {lead}{rewound}", replace(s, nodes=_set(s.nodes, n, new))
             elif node.streaming:
                 if up.alive and up.log[: len(node.log)] == node.log and len(up.log) > len(node.log):
                     # Everything the upstream has, at once: WAL arrives in order, and a standby
                     # that stops midway is the same as one that stopped before the last entries.
-                    new = replace(node, log=up.log)
+                    new = replace(node, log=up.log, timeline=up.timeline)
                     got = ", ".join(str(e) for e in up.log[len(node.log) :])
                     yield f"{n} receives entries {got} from {node.upstream}", replace(s, nodes=_set(s.nodes, n, new))
                 yield f"{n} stops receiving", replace(s, nodes=_set(s.nodes, n, replace(node, streaming=False)))
@@ -239,8 +295,15 @@ class Checker:
             car = dict(s.sidecars)[n]
             enforced = dict(s.enforced)[n]
             local = steps.Local(n, True, enforced.setting if enforced else "", car.verified, car.barrier_rev)
-            step = steps.next_step(s.rs, s.rs_rev, s.term_primary, local)
+            step = steps.next_step(s.rs, s.rs_rev, s.term_primary, local, term=s.term, confirm=s.conf_term != s.term)
             match step:
+                case steps.Confirm(term):
+                    rev = s.rev + 1
+                    tl = next(t for t in s.timelines if t.id == node.timeline)
+                    yield (
+                        f"{n}'s sidecar confirms term {term} (timeline {tl.id})",
+                        replace(s, conf_term=term, conf_primary=n, conf_timeline=tl, conf_rev=rev, rev=rev),
+                    )
                 case steps.Apply(target):
                     yield from self.apply(
                         s, n, target, f"{n}'s sidecar applies revision {target.revision}: {target.setting}"
@@ -297,20 +360,20 @@ class Checker:
 
     def orchestrators(self, s: State) -> Iterator[tuple[str, State]]:
         for i, o in enumerate(s.orchs):
-            view = (s.rs, s.rs_rev, s.term, s.term_primary, s.term_rev)
+            view = s.view()
             if o.view != view and o.elected is None and o.reads < self.bound.reads:
                 yield (
-                    f"orchestrator {i} reads revision {s.rs_rev}, term {s.term}",
+                    f"orchestrator {i} reads revision {s.rs_rev}, term {s.term} (last confirmed: {s.conf_primary})",
                     self._orch(s, i, Orchestrator(view=view, reads=o.reads + 1)),
                 )
             if o.view is None:
                 continue
-            rs, rs_rev, term, term_primary, term_rev = o.view
+            v = o.view
             # propose one change from the view
             if s.changes < self.bound.changes and o.prepared is None and o.survey is None:
                 for change in (CHANGES[("add", "remove", "policy").index(self.bound.change)],):
                     try:
-                        proposal = core.propose(rs, change, term_primary, changed_by=f"o{i}", now="")
+                        proposal = core.propose(v.rs, change, v.term_primary, changed_by=f"o{i}", now="")
                     except PgcohortError:
                         continue
                     yield (
@@ -318,7 +381,7 @@ class Checker:
                         replace(self._orch(s, i, replace(o, prepared=proposal)), changes=s.changes + 1),
                     )
             if o.prepared is not None:
-                ok = s.rs_rev == rs_rev and s.term_rev == term_rev
+                ok = s.rs_rev == v.rs_rev and s.term_rev == v.term_rev
                 if ok:
                     rev = s.rev + 1
                     yield (
@@ -333,33 +396,57 @@ class Checker:
                     )
                 else:
                     yield f"orchestrator {i}'s commit conflicts", self._orch(s, i, Orchestrator(reads=o.reads))
-            # fail over: survey, decide, term, promote
+            # fail over: fence and survey, decide, term, promote
             if s.failovers < self.bound.failovers and o.prepared is None:
                 if o.survey is None and o.elected is None:
                     yield from self.survey(s, i, o)
                 elif o.survey is not None and o.elected is None:
-                    decision = self.decide(rs, term_primary, dict(o.survey))
-                    if decision.allowed and decision.candidate is not None:
-                        compare = s.term_rev == term_rev and (
-                            "term-without-revision-compare" in self.weak or s.rs_rev == rs_rev
+                    decision = self.decide(v, dict(o.survey))
+                    if decision is not None and decision.allowed and decision.candidate is not None:
+                        compare = (
+                            s.term_rev == v.term_rev
+                            and s.conf_rev == v.conf_rev
+                            and ("term-without-revision-compare" in self.weak or s.rs_rev == v.rs_rev)
                         )
                         if compare:
                             rev = s.rev + 1
-                            yield f"orchestrator {i} commits term {term + 1} naming {decision.candidate}", replace(
-                                self._orch(s, i, replace(o, elected=(term + 1, decision.candidate))),
-                                term=term + 1, term_primary=decision.candidate, term_rev=rev, rev=rev,
+                            yield f"orchestrator {i} commits term {v.term + 1} naming {decision.candidate}", replace(
+                                self._orch(s, i, replace(o, elected=(v.term + 1, decision.candidate))),
+                                term=v.term + 1, term_primary=decision.candidate, term_rev=rev, rev=rev,
                             )  # fmt: skip
                         else:
                             yield (
                                 f"orchestrator {i}'s term write conflicts",
                                 self._orch(s, i, Orchestrator(reads=o.reads)),
                             )
+                    else:
+                        yield from self.lift(s, i, o)
                 elif o.elected is not None:
                     yield from self.promote(s, i, o.elected)
+                    if s.abandons < self.bound.abandons:
+                        yield (
+                            f"orchestrator {i} dies before promoting {o.elected[1]} (term {o.elected[0]})",
+                            replace(self._orch(s, i, Orchestrator(reads=o.reads)), abandons=s.abandons + 1),
+                        )
+
+    def lift(self, s: State, i: int, o: Orchestrator) -> Iterator[tuple[str, State]]:
+        """A refused orchestrator lifts its fences: only while no other one is surveying (Patroni's leader key)."""
+        other = s.orchs[1 - i]
+        if (other.survey is not None or other.elected is not None) and "lift-while-another-surveys" not in self.weak:
+            return
+        assert o.survey is not None
+        nodes = dict(s.nodes)
+        for m, _ in o.survey:
+            if nodes[m].revoked:
+                nodes[m] = replace(nodes[m], revoked=False)
+        yield (
+            f"orchestrator {i} is refused and lifts its fences",
+            replace(self._orch(s, i, Orchestrator(reads=o.reads)), nodes=tuple((n, nodes[n]) for n in NODES)),
+        )
 
     def survey(self, s: State, i: int, o: Orchestrator) -> Iterator[tuple[str, State]]:
         assert o.view is not None
-        rs, _, _, old, _ = o.view
+        rs, old = o.view.rs, self.reference(o.view)
         members = sorted({m.name for r in rs.active_rules() for m in r.cohort} - {old})
         nodes, positions = dict(s.nodes), []
         for m in members:
@@ -368,11 +455,13 @@ class Checker:
                 continue
             if node.primary:
                 return  # a second primary: the gate refuses
-            nodes[m] = replace(node, streaming=False, revoked=True)
-            positions.append((m, len(node.log)))
-        shown = ", ".join(f"{m}@{p}" for m, p in positions) or "nobody"
+            if "survey-without-fence" not in self.weak:
+                nodes[m] = replace(node, streaming=False, revoked=True)
+            positions.append((m, Position(len(node.log), node.timeline)))
+        shown = ", ".join(f"{m}@{p.lsn}" for m, p in positions) or "nobody"
+        fenced = "reads" if "survey-without-fence" in self.weak else "fences and surveys"
         yield (
-            f"orchestrator {i} revokes and surveys {shown}",
+            f"orchestrator {i} {fenced} {shown}",
             replace(
                 self._orch(s, i, replace(o, survey=tuple(positions))),
                 nodes=tuple((n, nodes[n]) for n in NODES),
@@ -391,15 +480,18 @@ class Checker:
             raise Violation(
                 f"promoting {name} (term {term}) loses acknowledged write(s) {', '.join(f'w{e}' for e in missing)}"
             )
-        nodes = _set(s.nodes, name, replace(node, primary=True, streaming=False))
+        parent = next(t for t in s.timelines if t.id == node.timeline)
+        timeline = Timeline(len(s.timelines) + 1, parent.history + (Switch(parent.id, len(node.log)),))
+        nodes = _set(s.nodes, name, replace(node, primary=True, streaming=False, timeline=timeline.id))
         yield (
-            f"orchestrator {i} promotes {name} (term {term})",
+            f"orchestrator {i} promotes {name} (term {term}, timeline {timeline.id})",
             replace(
                 self._orch(s, i, Orchestrator(reads=s.orchs[i].reads)),
                 nodes=nodes,
                 promotions=s.promotions + ((term, name),),
                 failovers=s.failovers + 1,
                 pending=frozenset(),  # the old primary's unacknowledged commits never return
+                timelines=s.timelines + (timeline,),
             ),
         )
 
@@ -441,6 +533,27 @@ class Checker:
         terms = [t for t, _ in after.promotions]
         if len(terms) != len(set(terms)):
             raise Violation("two promotions in one term")
+        self.not_blocked(after)
+
+    def not_blocked(self, s: State) -> None:
+        """When the last primary that ran is dead and confirmed, and every other member of every active cohort is
+        alive and in recovery, a fresh survey of them all satisfies every active rule."""
+        last = s.promotions[-1][1] if s.promotions else "p"
+        if s.node(last).alive or s.conf_primary != last:
+            return
+        members = {m.name for r in s.rs.active_rules() for m in r.cohort} - {last}
+        if not all(s.node(m).alive and not s.node(m).primary for m in members):
+            return
+        view = s.view()
+        found = {m: Position(len(s.node(m).log), s.node(m).timeline) for m in members}
+        positions = self.comparable(view, found)
+        checks = failover.check_rules(s.rs, self.reference(view), positions or {})
+        short = [str(c) for c in checks if not c.ok]
+        if positions is None or short:
+            raise Violation(
+                f"blocked: {last}, the last primary that ran, is dead and every other member is alive, yet "
+                f"{'; '.join(short) or 'their timelines are refused'} (term {s.term} names {s.term_primary})"
+            )
 
     # --- the search ------------------------------------------------------------------------
 
@@ -452,6 +565,7 @@ class Checker:
         depth = {first: 0}
         while queue:
             s = queue.popleft()
+            label = ""
             try:
                 for label, nxt in self.successors(s):
                     self.check(s, nxt)
@@ -460,7 +574,10 @@ class Checker:
                         depth[nxt] = depth[s] + 1
                         queue.append(nxt)
             except Violation as v:
-                return Result(len(parent), max(depth.values()), time.monotonic() - start, str(v), trace(parent, s, v))
+                steps_ = trace(parent, s, v)
+                if not str(v).startswith(("promoting", "term")):  # found in the state after this step
+                    steps_.insert(-1, label)
+                return Result(len(parent), max(depth.values()), time.monotonic() - start, str(v), steps_)
             if limit is not None and len(parent) > limit:
                 break
         return Result(len(parent), max(depth.values()), time.monotonic() - start, None, [])

@@ -83,7 +83,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "term-without-compares",
         "a term is recorded only if neither the ruleset nor the term moved since the survey",
         "plugin/store/records.py",
-        "        compare = [mod_equals(self.ruleset_key, ruleset_revision), mod_equals(self.term_key, term_revision)]",
+        "        compare = [\n            mod_equals(self.ruleset_key, ruleset_revision),\n"
+        "            mod_equals(self.term_key, term_revision),\n"
+        "            mod_equals(self.confirmed_key, based_on.confirmation_revision),\n        ]",
         "        compare = []  # MUTATION",
         (
             "tests/test_race.py::test_seed_race_gated_keeps_the_acknowledged_write",
@@ -156,5 +158,68 @@ MUTATIONS: tuple[Mutation, ...] = (
         '        check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")\n        return snap, now',
         "        return snap, now  # MUTATION: no check across the two records",
         ("tests/test_bad_records.py::test_bad_records_are_refused_and_the_last_good_setting_stays",),
+    ),
+    Mutation(
+        "reference-unconfirmed-term",
+        "a failover reasons from the last confirmed term's primary, not from a term whose primary never ran",
+        "plugin/core/term.py",
+        "    if confirmation is None:\n        return term.primary\n    return confirmation.primary\n",
+        "    return term.primary  # MUTATION: the current term's primary, confirmed or not (pgcohort 0.4)\n",
+        ("tests/test_gate_rules.py::test_a_term_whose_primary_never_ran_gives_no_authority",),
+    ),
+    Mutation(
+        "own-term-unconfirmed",
+        "only a confirmed term lets its primary take its leader key back without a survey",
+        "plugin/gate.py",
+        "    if candidate == term.term.primary and (term.confirmed or term.term.forced):\n",
+        "    if candidate == term.term.primary:  # MUTATION: any term naming it will do\n",
+        ("tests/test_gate_rules.py::test_an_unconfirmed_term_gives_its_node_no_right_to_take_the_key_back",),
+    ),
+    Mutation(
+        "count-without-fence",
+        "a voter's position counts only once it stopped receiving (fenced), on Patroni as on plain PostgreSQL",
+        "adapters/postgres.py",
+        '        self._query("revoke (clear primary_conninfo)", "ALTER SYSTEM SET primary_conninfo = \'\'")\n',
+        "        return self.held()  # MUTATION: read the position of a standby that still streams\n",
+        (
+            "tests/test_gate_rules.py::"
+            "test_writes_on_the_old_primary_during_a_failover_are_never_acknowledged_behind_the_survey",
+        ),
+    ),
+    Mutation(
+        "fence-kept-on-veto",
+        "a refused gate lifts its fences where the HA manager repoints standbys itself (Patroni)",
+        "plugin/gate.py",
+        "            failed = release(snap.ruleset, connect, found.positions)\n",
+        "            failed: dict[str, str] = {}  # MUTATION: the fences stay\n",
+        ("tests/test_gate_rules.py::test_a_refused_gate_lifts_its_fences_beside_patroni",),
+    ),
+    Mutation(
+        "promote-without-the-rule",
+        "a member is promoted with the rule rendered for it already in force",
+        "plugin/gate.py",
+        "        node.promote(setting=setting)\n",
+        "        node.promote()  # MUTATION: whatever setting the standby had\n",
+        ("tests/test_gate_rules.py::test_the_new_primary_acknowledges_nothing_before_its_standbys_hold_it",),
+    ),
+    Mutation(
+        "position-from-processes",
+        "a voter's position is the end of valid WAL it holds on disk, not what its processes report",
+        "adapters/postgres.py",
+        "        return Position(end, tli)\n",
+        "        return Position(self.observe().lsn, tli)  # MUTATION: max(receive, replay) (pgcohort 0.4)\n",
+        (
+            "tests/test_durable_position.py::"
+            "test_a_restarted_standby_with_delayed_replay_is_counted_at_what_it_holds[durable end of WAL]",
+        ),
+    ),
+    Mutation(
+        "positions-across-timelines",
+        "positions count on the reference primary's timeline; WAL on a timeline it does not contain is refused",
+        "plugin/core/failover.py",
+        "    if reference is None:\n        timelines = sorted({p.timeline for p in positions.values()})\n",
+        "    return {n: p.lsn for n, p in positions.items()}, {}  # MUTATION: raw LSNs, whatever the timeline\n"
+        "    if reference is None:\n        timelines = sorted({p.timeline for p in positions.values()})\n",
+        ("tests/test_gate_rules.py::test_a_promotion_nobody_confirmed_shows_in_the_timelines_and_is_refused",),
     ),
 )
