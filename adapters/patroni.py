@@ -130,9 +130,7 @@ class ApiTls:
 class PatroniAPI:
     """Patroni's REST API on one node (``restapi.connect_address``), over HTTP or HTTPS."""
 
-    def __init__(
-        self, url: str, *, auth: str | None = None, timeout: float = 3.0, tls: ApiTls | None = None
-    ) -> None:
+    def __init__(self, url: str, *, auth: str | None = None, timeout: float = 3.0, tls: ApiTls | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             url = "http://" + url
         try:
@@ -168,7 +166,7 @@ class PatroniAPI:
                 ) from None
         except (OSError, ValueError) as e:
             raise PatroniUnreachableError(
-                f"Patroni's REST API at {self.url} did not answer {method} {path}: {e}"
+                f"Patroni's REST API at {self.url} did not answer {method} {path}: {e}{_tls_hint(str(e))}"
             ) from None
         try:
             return json.loads(raw) if raw.strip() else None
@@ -316,6 +314,15 @@ class _ConfigWriter:
 
     def write(self, desired: Desired) -> None:
         self._node._write(desired)
+
+
+def _tls_hint(error: str) -> str:
+    """Which setting fixes a failed TLS handshake with Patroni's REST API."""
+    if "CERTIFICATE_VERIFY_FAILED" in error:
+        return " (set patroni.cacert to the CA that signed Patroni's REST API certificate, restapi.certfile)"
+    if "CERTIFICATE_REQUIRED" in error.upper() or "certificate required" in error:
+        return " (Patroni asks for a client certificate, restapi.verify_client: set patroni.cert and patroni.key)"
+    return ""
 
 
 def _read(path: str) -> str | None:

@@ -1,11 +1,13 @@
 """bench/gate: the failover gate's own time for a 5-member cohort, beside a bare etcd CAS.
 
 Native stack: 3-member etcd, a PostgreSQL 15 primary pg0 and standbys pg1-pg4, all five
-in the cohort (`any 1`). Each round runs the gate as a failover would (read ruleset and
-term, revoke and survey the four standbys in parallel, decide, CAS the new term) without
-promoting, then puts everything back untimed: the term is CAS'd back to pg0 and the
-standbys follow pg0 again. Printed: the gate's time, its survey and its CAS separately,
-and a bare etcd CAS transaction on the same cluster in the same run.
+in the cohort (`any 1`). Each round runs the gate as a failover would (read ruleset, term
+and confirmation, fence and survey the four standbys in parallel, decide, CAS the new term)
+without promoting, then puts everything back untimed: the term is CAS'd back to pg0 and the
+standbys follow pg0 again. Printed: the gate's time, its survey and its CAS separately, what
+reading one fenced standby's end of valid WAL costs (its pg_wal listed, walked record by
+record from its replay position), and a bare etcd CAS transaction on the same cluster in
+the same run.
 
     python bench/gate.py [--rounds 30]
 """
@@ -69,6 +71,7 @@ def main() -> int:
         baseline = BareCas(st.etcd_cluster.leader().client_port)
         total: list[float] = []
         surveys: list[float] = []
+        helds: list[float] = []
         standbys = ["pg1", "pg2", "pg3", "pg4"]
         for i in range(args.rounds):
             baseline.once()
@@ -78,6 +81,12 @@ def main() -> int:
             found = gate.survey(snap.ruleset, "pg0", connect)
             surveys.append(time.monotonic() - t0)
             assert not found.unreachable, found.unreachable
+            node = PostgresNode(st.pg.nodes[standbys[i % len(standbys)]].dsn)
+            node.observe()  # the session first, as the survey's is
+            t0 = time.monotonic()
+            node.held()
+            helds.append(time.monotonic() - t0)
+            node.close()
 
             # The gate itself, end to end (it surveys again: the standbys are already revoked
             # now, so restore them first so that this survey does the full work).
@@ -99,8 +108,9 @@ def main() -> int:
         bare = baseline.samples
         print(f"bench/gate: 5-member cohort (primary + 4 streaming standbys), 3-member etcd, {args.rounds} rounds")
         print(f"  bare etcd CAS txn                         p50 {ms(pct(bare, 50))}  p99 {ms(pct(bare, 99))}")
-        print(f"  survey: revoke + read 4 standbys (parallel) p50 {ms(pct(surveys, 50))}  p99 {ms(pct(surveys, 99))}")
-        print(f"  term CAS (ruleset + term compared)        p50 {ms(pct(cas_times, 50))}  p99 {ms(pct(cas_times, 99))}")
+        print(f"  survey: fence + read 4 standbys (parallel)  p50 {ms(pct(surveys, 50))}  p99 {ms(pct(surveys, 99))}")
+        print(f"  of which, one standby's end of valid WAL  p50 {ms(pct(helds, 50))}  p99 {ms(pct(helds, 99))}")
+        print(f"  term CAS (ruleset, term, confirmation)    p50 {ms(pct(cas_times, 50))}  p99 {ms(pct(cas_times, 99))}")
         print(
             f"  gate: read + survey + decide + CAS        p50 {ms(pct(total, 50))}  p99 {ms(pct(total, 99))}"
             f"  (target <= 100 ms; {pct(total, 50) / pct(bare, 50):.0f}x a bare CAS)"

@@ -24,6 +24,7 @@ import os
 import pathlib
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ import yaml
 
 from tests.netns import Host, Network
 from tests.pg import PG_BIN, _pg_ids, kill_postmaster
-from tests.servers import EtcdCluster, free_ports
+from tests.servers import Certs, EtcdCluster, free_ports
 from tests.stack import SidecarProcess, http_get
 
 VENV = os.environ.get("PGCOHORT_VENV", "/opt/pgcohort/venv")
@@ -65,6 +66,7 @@ class Agent:
     proc: subprocess.Popen[bytes] | None = None
     sidecar: SidecarProcess | None = None
     host: Host | None = None  # its network namespace, if the cluster has a network
+    tls: str | None = None  # a directory of certificates (tests.servers.Certs, readable by postgres): REST over HTTPS
 
     @property
     def address(self) -> str:
@@ -93,7 +95,11 @@ class Agent:
 
     @property
     def api(self) -> str:
-        return f"http://{self.address}:{self.rest_port}"
+        return f"{'https' if self.tls else 'http'}://{self.address}:{self.rest_port}"
+
+    def tls_file(self, name: str) -> str:
+        assert self.tls is not None
+        return os.path.join(self.tls, name)
 
     @property
     def log(self) -> str:
@@ -113,7 +119,11 @@ class Agent:
         return pid
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, Any]:
-        return http_get(self.api + path, timeout)
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=self.tls_file("ca.pem"))
+            context.load_cert_chain(self.tls_file("client.pem"), self.tls_file("client-key.pem"))
+        return http_get(self.api + path, timeout, context)
 
 
 @dataclass
@@ -132,6 +142,8 @@ class PatroniCluster:
     agents: dict[str, Agent] = field(default_factory=dict)
     network: Network | None = None  # given: each node gets a Host of its own on it (the caller closes it)
     sidecar_settings: dict[str, Any] = field(default_factory=dict)  # merged into each pgcohort.yml's sidecar
+    pgcohort_etcd: list[str] | None = None  # where pgcohort (sidecars, gate) reaches etcd, if not where Patroni does
+    rest_tls: Certs | None = None  # Patroni's REST API over HTTPS, client certificates required
 
     def __post_init__(self) -> None:
         if self.network is not None and self.etcd.host != self.network.etcd_address:
@@ -142,6 +154,18 @@ class PatroniCluster:
         self.root = tempfile.mkdtemp(prefix="pgcohort-patroni-")
         os.chmod(self.root, 0o755)
         self.pythonpath = os.environ.get("PYTHONPATH") or self._readable_copy()
+
+    def _tls_dir(self) -> str | None:
+        """The REST certificates, copied where the postgres user (Patroni, the sidecar) can read them."""
+        if self.rest_tls is None:
+            return None
+        where = os.path.join(self.root, "tls")
+        if not os.path.isdir(where):
+            shutil.copytree(self.rest_tls.dir, where)
+            uid, gid = _pg_ids()
+            for f in [where, *(os.path.join(where, n) for n in os.listdir(where))]:
+                os.chown(f, uid, gid)
+        return where
 
     def _readable_copy(self) -> str:
         site = os.path.join(self.root, "site")
@@ -155,7 +179,7 @@ class PatroniCluster:
         pg_port, rest_port, sidecar_port = free_ports(3)
         home = os.path.join(self.root, name)
         host = self.network.host(name) if self.network is not None else None
-        agent = Agent(name, zone, pg_port, rest_port, sidecar_port, home, host=host)
+        agent = Agent(name, zone, pg_port, rest_port, sidecar_port, home, host=host, tls=self._tls_dir())
         uid, gid = _pg_ids()
         os.makedirs(agent.conf_dir)
         for d in (home, agent.conf_dir):
@@ -191,7 +215,7 @@ class PatroniCluster:
         )
 
     def pgcohort_config(self, a: Agent) -> dict[str, Any]:
-        doc = pgcohort_config(self.scope, a, self.etcd.endpoints)
+        doc = pgcohort_config(self.scope, a, self.pgcohort_etcd or self.etcd.endpoints)
         doc["sidecar"].update(self.sidecar_settings)
         return doc
 
@@ -401,12 +425,20 @@ def patroni_config(
     }
     if gate:
         postgresql["pre_promote"] = f"{PGCOHORT} gate --config {a.pgcohort_config}"
+    restapi: dict[str, Any] = {"listen": f"{a.address}:{a.rest_port}", "connect_address": f"{a.address}:{a.rest_port}"}
+    tls: dict[str, Any] = {}
+    if a.tls:  # HTTPS with client certificates required; Patroni's own calls to other members present ctl's
+        restapi |= {"certfile": a.tls_file("server.pem"), "keyfile": a.tls_file("server-key.pem"),
+                    "cafile": a.tls_file("ca.pem"), "verify_client": "required"}  # fmt: skip
+        tls["ctl"] = {"certfile": a.tls_file("client.pem"), "keyfile": a.tls_file("client-key.pem"),
+                      "cacert": a.tls_file("ca.pem")}  # fmt: skip
     return {
         "scope": scope,
         "namespace": "/service",
         "name": a.name,
         "log": {"level": "INFO"},
-        "restapi": {"listen": f"{a.address}:{a.rest_port}", "connect_address": f"{a.address}:{a.rest_port}"},
+        "restapi": restapi,
+        **tls,
         "etcd3": {"hosts": [e.removeprefix("http://") for e in etcd_endpoints]},
         "bootstrap": {
             "dcs": {
@@ -432,13 +464,20 @@ def patroni_config(
 
 def pgcohort_config(scope: str, a: Agent, etcd_endpoints: list[str]) -> dict[str, Any]:
     """The one pgcohort file of node ``a``: its sidecar and its gate (Patroni's pre_promote) read it."""
+    patroni: dict[str, Any] = {"url": a.api, "config_dir": a.conf_dir}
+    if a.tls:
+        patroni |= {
+            "cacert": a.tls_file("ca.pem"),
+            "cert": a.tls_file("client.pem"),
+            "key": a.tls_file("client-key.pem"),
+        }
     return {
         "cluster": scope,
         "etcd": {"endpoints": etcd_endpoints, "timeout": 1.0, "retry_for": 3.0},
         "node": {"name": a.name, "zone": a.zone, "host": a.address, "port": a.pg_port},
         "postgres": {"dsn": a.dsn, "member_options": "user=postgres dbname=postgres connect_timeout=2"},
         "sidecar": {"listen": f"{a.address}:{a.sidecar_port}", "interval": 0.5, "ttl": 3, "adapter": "patroni"},
-        "patroni": {"url": a.api, "config_dir": a.conf_dir},
+        "patroni": patroni,
     }
 
 

@@ -249,6 +249,16 @@ class EtcdCluster:
     def delete_raw(self, key: str) -> int:
         return self._raw("kv/deleterange", {"key": _b64(key.encode())})
 
+    def get_raw(self, key: str) -> bytes | None:
+        """The bytes under ``key`` (None if absent), read past pgcohort."""
+        for m in self.members:
+            try:
+                kvs = _post_json(f"{m.url}/v3/kv/range", {"key": _b64(key.encode())}).get("kvs") or []
+            except OSError:
+                continue
+            return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+        raise RuntimeError("no member answered kv/range")
+
     def _raw(self, path: str, body: dict[str, str]) -> int:
         for m in self.members:
             try:

@@ -36,7 +36,7 @@ def test_the_sidecar_container_is_wired_as_documented() -> None:
     side = containers["pgcohort"]
     assert side["command"][:2] == ["pgcohort", "sidecar"]
     assert side["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert side["lifecycle"]["preStop"]["exec"]["command"][:2] == ["pgcohort", "leave"]
+    assert "lifecycle" not in side  # a restart (rolling update, upgrade) must not leave the cohort
     # Patroni's configuration directory is shared, so the sidecar's tags file reaches Patroni.
     mounts = {m["mountPath"]: m["name"] for m in side["volumeMounts"]}
     patroni_mounts = {m["mountPath"]: m["name"] for m in containers["patroni"]["volumeMounts"]}

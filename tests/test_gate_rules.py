@@ -275,3 +275,34 @@ def test_a_promotion_nobody_confirmed_shows_in_the_timelines_and_is_refused() ->
         assert 100 in ledger_ids(st.pg.nodes["pg2"].dsn)
     finally:
         st.close()
+
+
+def test_a_former_primary_is_surveyed_like_anyone(st: Stack) -> None:
+    """pg0 was the primary of term 1; after a failover to pg1 (confirmed, running), a hook asking to promote pg0
+    again gets no shortcut for having once been primary: pg1 still runs, so it is vetoed."""
+    assert acked_write(st.pg.nodes["pg0"].dsn, 1)
+    crash(st, "pg0")
+    done = cli(st, "failover", "--candidate", "pg1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    st.wait("pg1's term confirmed", lambda: st.store().read_both()[1].confirmed, 20)
+    before = st.store().read_both()[1]
+    again = cli(st, "gate", "--candidate", "pg0")
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert "pg1, the last primary seen running (term 2), still runs as a primary" in again.stderr, again.stderr
+    assert st.store().read_both()[1] == before
+
+
+def test_a_term_forced_by_hand_lets_the_hook_promote_its_candidate(st: Stack) -> None:
+    """The documented way to accept a loss under Patroni: record a forced term by hand, then the hook (Patroni's
+    pre_promote) allows that candidate, and only that one."""
+    crash(st, "pg0")
+    crash(st, "pg2")  # too few members for a safe failover
+    refused = cli(st, "gate", "--candidate", "pg1")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    forced = cli(st, "gate", "--candidate", "pg1", "--allow-data-loss")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "FORCED" in forced.stdout
+    hook = cli(st, "gate", "--candidate", "pg1")
+    assert hook.returncode == 0 and "forced by hand with --allow-data-loss" in hook.stdout, hook.stdout + hook.stderr
+    other = cli(st, "gate", "--candidate", "pg2")
+    assert other.returncode != 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pathlib
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,10 +22,10 @@ import pytest
 import yaml
 
 from tests.conftest import need
-from tests.patroni import PATRONI, PatroniCluster
+from tests.patroni import PATRONI, PGCOHORT, PatroniCluster
 from tests.pg import PG_BIN
 from tests.race import Writer, acked_write, create_ledger, ledger_ids
-from tests.servers import EtcdCluster
+from tests.servers import Certs, EtcdCluster
 
 pytestmark = [pytest.mark.patroni, pytest.mark.pg, pytest.mark.etcd, pytest.mark.slow]
 
@@ -334,3 +336,38 @@ def test_what_pgcohort_adds_to_patroni_explicit_cohort_cross_zone_and_a_shared_r
     names = sorted(m["name"] for m in ruleset["json"]["rule"]["cohort"])
     assert names == ["pg0", "pg1", "pg2", "pg3"]
     assert status["revision"] == int(ruleset["mod_revision"])
+
+
+def test_patronis_rest_api_over_https_with_a_private_ca_and_client_certificates(
+    etcd3: EtcdCluster, tmp_path: pathlib.Path
+) -> None:
+    """Patroni serves its REST API over HTTPS and requires client certificates (restapi.verify_client): adoption
+    and the sidecar's tags reload go through with patroni.cacert/cert/key, and without the CA the command says
+    which setting to set."""
+    need(PATRONI, "Patroni (bash scripts/setup installs it into the venv)")
+    certs = Certs.make(str(tmp_path / "certs"))
+    pc = PatroniCluster(etcd3, f"https-{time.monotonic_ns() % 10**6}", rest_tls=certs)
+    try:
+        start(pc, ("pg0", "pg1"))
+        assert pc.agents["pg0"].api.startswith("https://")
+        adopt(pc, "pg0")
+        outsider = pc.add("pg2", "zone-b")  # not a member: its sidecar tags it nofailover and reloads Patroni
+        pc.wait(
+            "pg2's Patroni reporting nofailover",
+            lambda: (got := outsider.get("/patroni"))[0] == 200 and got[1].get("tags", {}).get("nofailover") is True,
+            60,
+        )
+        bare = os.path.join(pc.root, "no-ca.yml")
+        doc = pc.pgcohort_config(pc.agents["pg0"])
+        for k in ("cacert", "cert", "key"):
+            doc["patroni"].pop(k)
+        with open(bare, "w") as f:
+            yaml.safe_dump(doc, f)
+        refused = subprocess.run(
+            [PGCOHORT, "init", "--from-patroni", pc.agents["pg0"].api, "--config", bare],
+            capture_output=True, text=True, env=pc.sidecar_env(pc.agents["pg0"]),
+        )  # fmt: skip
+        assert refused.returncode == 9, refused.stdout + refused.stderr
+        assert "set patroni.cacert" in refused.stderr, refused.stderr
+    finally:
+        pc.close()

@@ -22,10 +22,12 @@ import pytest
 import yaml
 
 from pgcohort.adapters.patroni import PatroniAPI
+from pgcohort.store.transport import b64
 from tests.conftest import IN_CI, need
 from tests.netns import Network, unavailable
 from tests.patroni import PATRONI, PGCOHORT, PatroniCluster
 from tests.pg import PG_BIN
+from tests.proxy import Proxies
 from tests.race import Writer, acked_write, create_ledger, ledger_ids
 from tests.servers import EtcdCluster
 from tests.test_patroni import adopt, etcd_kv, sql_one, start
@@ -139,6 +141,10 @@ def test_a_term_for_a_node_that_never_ran_does_not_hold_the_next_failover_hostag
     new = pc.wait_leader(120, not_="pg0")
     assert new in ("pg2", "pg3")
     assert acked <= ledger_ids(pc.agents[new].dsn)
+    pc.wait(
+        f"{new}'s sidecar confirming its term",
+        lambda: (c := etcd_kv(etcd3, root + "confirmed")) and c["json"]["primary"] == new,
+    )
     history = pc.pgcohort("history", "--terms", node=new).stdout
     assert "never seen running" in history, history
     decided = [line for line in pc.agents[new].log.splitlines() if "reasoned from pg0" in line]
@@ -211,3 +217,60 @@ class _same:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+# --- 3. the gate with etcd in trouble -----------------------------------------------------------------------
+
+
+def test_patroni_promotes_nobody_while_the_gate_cannot_reach_etcd(etcd_private: EtcdCluster) -> None:
+    """Patroni reaches etcd directly; pgcohort (the gate it runs, the sidecars) through proxies. After the
+    primary's death, etcd stops answering the gate, then answers 10 s late, then the gate's term write is held
+    while etcd's leader is killed: every gate run refuses and Patroni promotes nobody. Once etcd answers again,
+    the gate allows and the member holding every acknowledged write is promoted."""
+    need(PATRONI, "Patroni (bash scripts/setup installs it into the venv)")
+    proxies = Proxies(etcd_private).start()
+    pc = PatroniCluster(etcd_private, f"etcd-trouble-{time.monotonic_ns() % 10**6}", pgcohort_etcd=proxies.endpoints)
+    try:
+        start(pc, ("pg0", "pg1", "pg2"))
+        adopt(pc, "pg0")
+        root = f"/pgcohort/{pc.scope}/"
+        pc.wait("term 1 confirmed", lambda: (c := etcd_kv(etcd_private, root + "confirmed")) and c["json"]["timeline"])
+        create_ledger(pc.agents["pg0"].dsn)
+        acked = {i for i in range(1, 6) if acked_write(pc.agents["pg0"].dsn, i)}
+        term_before = etcd_kv(etcd_private, root + "term")
+        marker = f'"request_put": {{"key": "{b64(root + "term")}"'.encode()
+        phases = [("stopped", {}), ("delay", {"delay": 10.0}), ("hold", {"marker": marker})]
+        proxies.set("blackhole")
+        pc.kill("pg0")
+
+        def refusals() -> int:
+            return sum(
+                1
+                for n in ("pg1", "pg2")
+                for line in pc.agents[n].log.splitlines()
+                if "pre_promote script" in line and "exited with" in line and "exited with 0" not in line
+            )
+
+        for mode, how in phases:
+            before = refusals()
+            proxies.reset()
+            proxies.set("blackhole" if mode == "stopped" else mode, **how)  # type: ignore[arg-type]
+            killed = None
+            deadline = time.monotonic() + pc.ttl * 1.5
+            while time.monotonic() < deadline:
+                assert pc.leader() is None, f"promoted while the gate's etcd was {mode}"
+                if mode == "hold" and killed is None and proxies.held():
+                    killed = etcd_private.leader()
+                    etcd_private.kill(killed)
+                time.sleep(0.5)
+            if killed is not None:
+                etcd_private.restart(killed)
+            assert refusals() > before, f"the gate never ran while etcd was {mode}"
+        tk = etcd_kv(etcd_private, root + "term")
+        assert tk is not None and term_before is not None and tk["json"] == term_before["json"]
+        proxies.reset()
+        new = pc.wait_leader(120, not_="pg0")
+        assert acked <= ledger_ids(pc.agents[new].dsn)
+    finally:
+        pc.close()
+        proxies.close()

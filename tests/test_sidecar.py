@@ -244,13 +244,27 @@ def test_auto_admit_brings_a_caught_up_standby_in(stack: Stack) -> None:
     assert "add pg4" in reasons and reasons[-1] == "finalize add pg4"
 
 
-def test_sigterm_leaves_the_cohort_first(stack: Stack) -> None:
+def test_sigterm_keeps_the_member_and_leave_on_stop_scales_down(stack: Stack) -> None:
+    """A restart (systemctl, a crash loop, an image upgrade) keeps the node's member; with sidecar.leave_on_stop,
+    SIGTERM removes it first (scale-down)."""
     st = stack
+    version = st.store().read().ruleset.version
     car = st.sidecars["pg3"]
     car.signal(signal.SIGTERM)
     assert car.wait_exit(60) == 0
+    assert "pg3 stays in the cohort" in car.log
     rs = st.store().read().ruleset
-    assert rs.phase == "stable" and rs.rule.member("pg3") is None
-    assert st.primary_setting() == "ANY 1 (pg1, pg2)"
-    assert "pg3" not in st.store().nodes()
-    assert "removed pg3" in car.log
+    assert rs.version == version and rs.rule.member("pg3") is not None
+    st.start_sidecar("pg3")
+    time.sleep(1.5)
+    assert st.store().read().ruleset.version == version
+
+    st.sidecars["pg2"].kill()
+    car = st.start_sidecar("pg2", PGCOHORT_SIDECAR_LEAVE_ON_STOP="true")
+    car.signal(signal.SIGTERM)
+    assert car.wait_exit(60) == 0
+    rs = st.store().read().ruleset
+    assert rs.phase == "stable" and rs.rule.member("pg2") is None
+    assert st.primary_setting() == "ANY 1 (pg1, pg3)"
+    assert "pg2" not in st.store().nodes()
+    assert "removed pg2" in car.log

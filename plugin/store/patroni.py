@@ -17,12 +17,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pgcohort.core.ruleset import Ruleset, encode
-from pgcohort.core.term import Term, encode_term
+from pgcohort.core.ruleset import Ruleset
+from pgcohort.core.term import Term
 from pgcohort.errors import ConflictError, InvalidInputError, NotInitializedError, RefusedError
 from pgcohort.seams import Revision
 from pgcohort.store.records import Records
-from pgcohort.store.transport import Transport, absent, branch_kvs, get, mod_equals, put, unb64, writer_of
+from pgcohort.store.transport import Transport, branch_kvs, get, mod_equals, put, unb64, writer_of
 
 SETTING = "synchronous_standby_names"
 MARK = "pgcohort"  # a top-level key in Patroni's config naming the ruleset that manages it (Patroni ignores it)
@@ -139,21 +139,16 @@ class PatroniConfigKey:
     def adopt(self, ruleset: Ruleset, term: Term, config: DynamicConfig, setting: str) -> Revision:
         """``init`` and the switch from Patroni's sync mode to ``setting``, in one transaction.
 
-        Compares: no ruleset and no term yet, and Patroni's config unchanged since read.
-        Writes: the ruleset and the term with their history, and Patroni's config with
+        Compares: none of our records yet, and Patroni's config unchanged since read.
+        Writes: the ruleset, the term and its confirmation with their history, and Patroni's config with
         ``synchronous_mode`` and ``synchronous_mode_strict`` off and ``setting`` in place,
         so there is no moment in which commits are asynchronous.
         """
         r = self.records
         body = json.dumps(config.with_setting(setting, r.root, sync_mode_off=True), separators=(",", ":")).encode()
-        compare = [absent(r.ruleset_key), absent(r.term_key), mod_equals(self.key, config.revision)]
-        success = [
-            put(r.ruleset_key, encode(ruleset)),
-            put(r.history_key(ruleset.version), encode(ruleset)),
-            put(r.term_key, encode_term(term)),
-            put(r.term_history_key(term.term), encode_term(term)),
-            put(self.key, body),
-        ]
+        compare, success = r.first(ruleset, term)
+        compare.append(mod_equals(self.key, config.revision))
+        success.append(put(self.key, body))
         ok, resp = self.transport.txn(compare, success, [get(r.ruleset_key), get(self.key)])
         if ok:
             return Revision(int(resp["header"]["revision"]))

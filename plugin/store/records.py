@@ -255,10 +255,11 @@ class Records:
             return Revision(int(now[0]["mod_revision"]))
         return _Lost(now[0] if now else None, ours[0] if ours and writer_of(ours[0]) == writer else None)
 
-    def init(self, ruleset: Ruleset, term: Term) -> Revision:
+    def first(self, ruleset: Ruleset, term: Term) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The compares and puts that create a cluster: none of its records exist yet; the ruleset, the term and
+        the term's confirmation (init names the running primary, so its term is confirmed from the start; the
+        sidecar beside it adds its timeline at its first round), each with its history entry."""
         value, term_value = encode(ruleset), encode_term(term)
-        # init names the running primary: its term is confirmed from the start (the sidecar beside it
-        # adds its timeline at its first round).
         confirmation = encode_confirmation(Confirmation(term.term, term.primary, None, None, term.decided_by,
                                                         term.at, term.writer))  # fmt: skip
         success = [
@@ -269,7 +270,10 @@ class Records:
             put(self.confirmed_key, confirmation),
             put(self.confirmed_history_key(term.term), confirmation),
         ]
-        compare = [absent(self.ruleset_key), absent(self.term_key), absent(self.confirmed_key)]
+        return [absent(self.ruleset_key), absent(self.term_key), absent(self.confirmed_key)], success
+
+    def init(self, ruleset: Ruleset, term: Term) -> Revision:
+        compare, success = self.first(ruleset, term)
         done = self._cas(compare, success, self.ruleset_key, self.history_key(ruleset.version), ruleset.writer)
         if not isinstance(done, _Lost):
             return done

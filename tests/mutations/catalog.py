@@ -25,13 +25,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "apply-before-commit",
         "a new member counts only after its propose commits",
         "plugin/sidecar.py",
-        "            done = protocol.propose(self.store, core.AddMember(member), actor=self.settings.name)",
-        "            with self.node.setting_lock() as w:  # MUTATION: enforce the candidate before the commit\n"
-        "                snap, term = self.store.read_both()\n"
-        "                w.write(steps.desired(core.propose(snap.ruleset, core.AddMember(member), term.term.primary,"
+        '        self._change(core.AddMember(member), f"admitted {member.name}")',
+        "        with self.node.setting_lock() as w:  # MUTATION: enforce the candidate before the commit\n"
+        "            snap, term = self.store.read_both()\n"
+        "            w.write(steps.desired(core.propose(snap.ruleset, core.AddMember(member), term.term.primary,"
         " changed_by='', now=''), snap.revision, term.term.primary, self.settings.name))\n"
-        "            time.sleep(1.5)\n"
-        "            done = protocol.propose(self.store, core.AddMember(member), actor=self.settings.name)",
+        "        time.sleep(1.5)\n"
+        '        self._change(core.AddMember(member), f"admitted {member.name}")',
         ("tests/test_sidecar.py::test_auto_admit_brings_a_caught_up_standby_in",),
     ),
     Mutation(
@@ -80,17 +80,35 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_apply.py::test_two_writers_never_regress_the_setting",),
     ),
     Mutation(
-        "term-without-compares",
-        "a term is recorded only if neither the ruleset nor the term moved since the survey",
+        "term-without-ruleset-compare",
+        "a term is recorded only if the ruleset did not move since the survey",
         "plugin/store/records.py",
-        "        compare = [\n            mod_equals(self.ruleset_key, ruleset_revision),\n"
-        "            mod_equals(self.term_key, term_revision),\n"
-        "            mod_equals(self.confirmed_key, based_on.confirmation_revision),\n        ]",
-        "        compare = []  # MUTATION",
+        "            mod_equals(self.ruleset_key, ruleset_revision),\n            mod_equals(self.term_key, term_revision),\n",
+        "            mod_equals(self.term_key, term_revision),  # MUTATION: the ruleset may have moved\n",
         (
+            "tests/test_compares.py::test_a_term_decided_on_a_stale_ruleset_is_refused",
             "tests/test_race.py::test_seed_race_gated_keeps_the_acknowledged_write",
+        ),
+    ),
+    Mutation(
+        "term-without-term-compare",
+        "a term is recorded only if no other term was committed since the survey (one promotion per term)",
+        "plugin/store/records.py",
+        "            mod_equals(self.ruleset_key, ruleset_revision),\n            mod_equals(self.term_key, term_revision),\n",
+        "            mod_equals(self.ruleset_key, ruleset_revision),  # MUTATION: another term may have landed\n",
+        (
+            "tests/test_store.py::test_term_cas_compares_ruleset_and_term",
             "tests/test_race.py::test_two_orchestrators_at_once_exactly_one_promotes",
         ),
+    ),
+    Mutation(
+        "term-without-confirmation-compare",
+        "a term is recorded only if no confirmation landed since the survey (it reasoned from the right primary)",
+        "plugin/store/records.py",
+        "            mod_equals(self.term_key, term_revision),\n"
+        "            mod_equals(self.confirmed_key, based_on.confirmation_revision),\n",
+        "            mod_equals(self.term_key, term_revision),  # MUTATION: a confirmation may have landed\n",
+        ("tests/test_compares.py::test_a_term_decided_before_a_confirmation_is_refused",),
     ),
     Mutation(
         "short-survey",
@@ -221,5 +239,120 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    return {n: p.lsn for n, p in positions.items()}, {}  # MUTATION: raw LSNs, whatever the timeline\n"
         "    if reference is None:\n        timelines = sorted({p.timeline for p in positions.values()})\n",
         ("tests/test_gate_rules.py::test_a_promotion_nobody_confirmed_shows_in_the_timelines_and_is_refused",),
+    ),
+    # --- issue 29: every compare, every fail-closed path, every shortcut -----------------------------------
+    Mutation(
+        "init-without-absence-compares",
+        "init creates a cluster only where none of its records exists",
+        "plugin/store/records.py",
+        "        return [absent(self.ruleset_key), absent(self.term_key), absent(self.confirmed_key)], success",
+        "        return [absent(self.ruleset_key)], success  # MUTATION: a term or a confirmation may be there",
+        ("tests/test_compares.py::test_init_refuses_where_any_of_the_records_exists",),
+    ),
+    Mutation(
+        "commit-without-ruleset-compare",
+        "a proposal or finalize commits only if the ruleset did not move since it was read",
+        "plugin/store/records.py",
+        "        compare = [mod_equals(self.ruleset_key, expected)]\n",
+        "        compare = []  # MUTATION: whatever the ruleset is now\n",
+        (
+            "tests/test_compares.py::test_a_proposal_on_a_stale_ruleset_is_refused",
+            "tests/test_store.py::test_two_concurrent_proposers_exactly_one_wins",
+        ),
+    ),
+    Mutation(
+        "commit-without-term-compare",
+        "a proposal or finalize commits only if the term it was validated against did not move",
+        "plugin/store/records.py",
+        "            compare.append(mod_equals(self.term_key, term_revision))\n",
+        "            pass  # MUTATION: a failover may have landed\n",
+        (
+            "tests/test_compares.py::test_a_change_validated_against_a_moved_term_is_refused",
+            "tests/test_compares.py::test_a_finalize_read_before_a_failover_is_refused",
+        ),
+    ),
+    Mutation(
+        "confirm-without-term-compare",
+        "a confirmation is recorded only for the current term",
+        "plugin/store/records.py",
+        "            mod_equals(self.term_key, based_on.revision),\n",
+        "",
+        ("tests/test_compares.py::test_a_confirmation_of_a_superseded_term_is_refused",),
+    ),
+    Mutation(
+        "confirm-without-confirmation-compare",
+        "a confirmation never goes back (no writer of it acts on a stale read)",
+        "plugin/store/records.py",
+        "            mod_equals(self.term_key, based_on.revision),\n"
+        "            mod_equals(self.confirmed_key, based_on.confirmation_revision),\n",
+        "            mod_equals(self.term_key, based_on.revision),  # MUTATION: over whatever confirmation\n",
+        ("tests/test_compares.py::test_a_confirmation_never_goes_back",),
+    ),
+    Mutation(
+        "restore-without-compares",
+        "a restore writes only over the records it read",
+        "plugin/store/records.py",
+        "        ok, _ = self.transport.txn(compare, success, [])\n",
+        "        ok, _ = self.transport.txn([], success, [])  # MUTATION: over whatever is there now\n",
+        ("tests/test_compares.py::test_a_restore_racing_a_writer_writes_nothing",),
+    ),
+    Mutation(
+        "setting-without-ruleset-compare",
+        "Patroni's configuration gets a setting only from the ruleset revision it was rendered from",
+        "plugin/store/patroni.py",
+        "        compare = [mod_equals(self.records.ruleset_key, ruleset_revision), mod_equals(self.key, config.revision)]",
+        "        compare = [mod_equals(self.key, config.revision)]  # MUTATION: from any ruleset",
+        ("tests/test_compares.py::test_a_setting_rendered_from_a_stale_ruleset_is_not_written",),
+    ),
+    Mutation(
+        "setting-without-config-compare",
+        "the setting is merged only into the Patroni configuration it was read from (edit-config is kept)",
+        "plugin/store/patroni.py",
+        "        compare = [mod_equals(self.records.ruleset_key, ruleset_revision), mod_equals(self.key, config.revision)]",
+        "        compare = [mod_equals(self.records.ruleset_key, ruleset_revision)]  # MUTATION: over any config",
+        ("tests/test_compares.py::test_a_setting_over_a_racing_edit_config_is_not_written",),
+    ),
+    Mutation(
+        "adopt-without-config-compare",
+        "an adoption switches Patroni's sync mode off only in the configuration it read",
+        "plugin/store/patroni.py",
+        "        compare.append(mod_equals(self.key, config.revision))\n",
+        "        pass  # MUTATION: over any config\n",
+        ("tests/test_compares.py::test_an_adoption_over_a_racing_edit_config_writes_nothing",),
+    ),
+    Mutation(
+        "indeterminate-term-promotes",
+        "a gate whose term write has no definite answer refuses (the hook exits non-zero)",
+        "plugin/gate.py",
+        "            rev = store.put_term(snap.revision, term, new_term)\n",
+        "            try:\n"
+        "                rev = store.put_term(snap.revision, term, new_term)\n"
+        "            except __import__('pgcohort.errors').errors.IndeterminateError:  # MUTATION: as if committed\n"
+        "                rev = Revision(0)\n",
+        ("tests/test_gate_faults.py::test_the_gate_refuses_when_its_term_write_gets_no_answer",),
+    ),
+    Mutation(
+        "unreachable-etcd-as-unmanaged",
+        "etcd not answering is never taken for a cluster pgcohort does not manage",
+        "plugin/cli.py",
+        "        except NotInitializedError as e:\n",
+        "        except (NotInitializedError, __import__('pgcohort.errors').errors.StoreUnavailableError) as e:  # MUTATION\n",
+        ("tests/test_gate_faults.py::test_an_unreachable_etcd_is_never_taken_for_an_unmanaged_cluster",),
+    ),
+    Mutation(
+        "etcd-requests-without-timeout",
+        "every etcd request of the gate is bounded in time (Patroni's hook has no timeout of its own)",
+        "plugin/store/transport.py",
+        'timeout=timeout, api_path="/v3/"',
+        'timeout=None, api_path="/v3/"  # MUTATION',
+        ("tests/test_gate_faults.py::test_the_gate_refuses_while_etcd_does_not_answer[10 s network delay]",),
+    ),
+    Mutation(
+        "shortcut-for-any-former-primary",
+        "only the current term's primary takes its leader key back without a survey, not one of an earlier term",
+        "plugin/gate.py",
+        "    if candidate == term.term.primary and (term.confirmed or term.term.forced):\n",
+        "    if candidate in {t.primary for _, t in store.term_history()} and (term.confirmed or term.term.forced):\n",
+        ("tests/test_gate_rules.py::test_a_former_primary_is_surveyed_like_anyone",),
     ),
 )

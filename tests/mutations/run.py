@@ -32,7 +32,7 @@ def scratch_copy(where: pathlib.Path, mutation: Mutation) -> pathlib.Path:
     shutil.copytree(ROOT / "plugin", package, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "adapters"))
     shutil.copytree(ROOT / "adapters", package / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
     for extra in ("tests", "dashboards"):
-        shutil.copytree(ROOT / extra, where / extra, ignore=shutil.ignore_patterns("__pycache__", "mutations"))
+        shutil.copytree(ROOT / extra, where / extra, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "pyproject.toml", where)
     rel = pathlib.Path(mutation.path)
     target = package / rel.relative_to("plugin") if rel.parts[0] == "plugin" else package / "adapters" / rel.name
