@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from tests.mutations.run import package_copy
 from tests.netns import Host, Network
 from tests.pg import PG_BIN, _pg_ids, kill_postmaster
 from tests.servers import Certs, EtcdCluster, free_ports
@@ -169,7 +170,7 @@ class PatroniCluster:
 
     def _readable_copy(self) -> str:
         site = os.path.join(self.root, "site")
-        shutil.copytree(ROOT / "plugin", os.path.join(site, "pgcohort"), symlinks=False)
+        package_copy(pathlib.Path(site))
         subprocess.run(["chmod", "-R", "a+rX", site], check=True)
         return site
 

@@ -1,6 +1,6 @@
 """The sidecar's apply and barrier steps, in-process, against a real etcd and real PostgreSQL 15.
 
-The sidecar is the real :class:`pgcohort.sidecar.Sidecar`; the store is the real
+The sidecar is the real :class:`pgcohort.sidecar.loop.Sidecar`; the store is the real
 :class:`EtcdStore` and the node the real :class:`PostgresNode`, each wrapped only where the
 test needs to hold a step at a chosen point (the wrappers implement the same Protocols).
 """
@@ -24,7 +24,8 @@ from pgcohort.core.steps import Desired
 from pgcohort.errors import RefusedError
 from pgcohort.metrics import Metrics
 from pgcohort.seams import Node, SettingWriter, Snapshot, Store, TermSnapshot
-from pgcohort.sidecar import Settings, Sidecar
+from pgcohort.sidecar.loop import Sidecar
+from pgcohort.sidecar.state import Settings
 from tests.conftest import make_store
 from tests.fakes import DelegatingNode, DelegatingStore
 from tests.pg import PgCluster
@@ -136,6 +137,8 @@ def test_two_writers_never_regress_the_setting(etcd3: EtcdCluster, cluster_name:
     held = HeldStore(store)
     written: list[int] = []  # the revisions whose setting reached PostgreSQL, in the order written
     node_a, node_b = PostgresNode(pg.nodes["pg0"].dsn), PostgresNode(pg.nodes["pg0"].dsn)
+    # The term is seen running first, so that A's held read decides an Apply (not the confirmation).
+    protocol.confirm(store, store.read_both()[1], node_a.timeline(), None, actor="t")
     a, b = sidecar(held, WriteLog(node_a, written)), sidecar(store, WriteLog(node_b, written))
     held.armed.set()
 

@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from pgcohort import commands, config
 from pgcohort.cli import main
+from pgcohort.core import ruleset as core
 from pgcohort.core.rules import Member, parse_member
-from pgcohort.errors import InvalidInputError
+from pgcohort.errors import InvalidInputError, RefusedError
 from tests.servers import EtcdCluster
 
 pytestmark = pytest.mark.etcd
@@ -128,3 +130,18 @@ def test_console_script_and_help(env: dict[str, str]) -> None:
         assert word in out
     proc = subprocess.run([BIN, "status"], capture_output=True, text=True, env={**os.environ, **env})
     assert proc.returncode == 8 and "pgcohort init" in proc.stderr
+
+
+def test_commands_are_functions_the_cli_only_prints(env: dict[str, str]) -> None:
+    """What a command does is a function of a configuration (pgcohort.commands); the CLI parses and prints."""
+    cfg = config.load({})
+    with pytest.raises(RefusedError, match="no ruleset"):
+        commands.gate_check(cfg, "pg1")  # no ruleset: the gate vetoes, and says how to adopt the cluster
+    lines = commands.init(cfg, ["pg0/a", "pg1/a", "pg2/b"], "pg0", "any 1")
+    assert lines[-1] == "synchronous_standby_names: ANY 1 (pg1, pg2)"
+    done = commands.propose(cfg, core.AddMember(parse_member("pg3/b")))
+    assert done.snapshot.ruleset.phase == "joint" and done.snapshot.ruleset.version == 2
+    with pytest.raises(InvalidInputError, match="no adapter 'nonesuch' is installed"):
+        commands.failover(config.load({"sidecar.adapter": "nonesuch"}), "pg1")
+    verdict = commands.gate_check(cfg, "pg0")  # the primary the term names: its own term, nothing new
+    assert verdict.outcome is None and "pg0" in verdict.message

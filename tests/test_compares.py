@@ -147,12 +147,12 @@ def test_a_confirmation_never_goes_back(cluster: EtcdStore) -> None:
 
 def test_a_restore_racing_a_writer_writes_nothing(etcd3: EtcdCluster, cluster: EtcdStore) -> None:
     etcd3.put_raw(cluster.root + "ruleset", b"garbage")
-    stale = cluster.records._raw_both("")
+    stale = cluster.records.raw("")
     etcd3.put_raw(cluster.root + "ruleset", b"other garbage")  # someone else writes in between
-    cluster.records._raw_both = lambda if_missing: stale  # type: ignore[method-assign]
+    cluster.records.raw = lambda if_missing: stale  # type: ignore[method-assign]
     with pytest.raises(ConflictError):
         cluster.restore(actor="sre", writer="r/1", now="")
-    del cluster.records._raw_both
+    del cluster.records.raw
     assert etcd3.get_raw(cluster.root + "ruleset") == b"other garbage"
 
 

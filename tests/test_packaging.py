@@ -1,7 +1,8 @@
 """The distribution installs one import name, and the import contracts catch what they promise to.
 
 ``pip install`` of this checkout must put exactly one top-level package, ``pgcohort``, in
-site-packages (beside Patroni, a top-level ``adapters`` or ``plugin`` would collide). The
+site-packages (beside Patroni, a top-level ``adapters`` or ``plugin`` would collide), merged
+from the two source roots ``plugin/pgcohort`` and ``adapters/pgcohort``. The
 contracts in pyproject.toml check every module: a forbidden import in a *new* module,
 injected into a scratch copy, must break them.
 """
@@ -16,7 +17,8 @@ import sys
 
 import pytest
 
-import pgcohort
+from pgcohort.version import __version__
+from tests.mutations.run import package_copy
 
 ROOT = pathlib.Path(__file__).parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -31,11 +33,11 @@ def test_install_puts_one_package_named_pgcohort(tmp_path: pathlib.Path) -> None
         capture_output=True,
     )
     top = sorted(p.name for p in site.iterdir() if p.name != "bin")
-    assert top == ["pgcohort", f"pgcohort-{pgcohort.__version__}.dist-info"], top
+    assert top == ["pgcohort", f"pgcohort-{__version__}.dist-info"], top
     installed = {str(p.relative_to(site / "pgcohort")) for p in (site / "pgcohort").rglob("*.py")}
     assert {"adapters/postgres.py", "core/failover.py", "store/watch.py", "seams.py", "cli.py"} <= installed
     assert (site / "pgcohort" / "py.typed").exists()
-    entry = (site / f"pgcohort-{pgcohort.__version__}.dist-info" / "entry_points.txt").read_text()
+    entry = (site / f"pgcohort-{__version__}.dist-info" / "entry_points.txt").read_text()
     assert "pgcohort = pgcohort.cli:main" in entry
     # The installed copy works on its own, from anywhere (no checkout on the path).
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -74,7 +76,7 @@ def _clone(tmp_path: pathlib.Path) -> pathlib.Path:
 
 INJECTIONS = {
     "etcd3gw outside the store": ("pgcohort/probe.py", "import etcd3gw\n", "Only the store imports etcd3gw"),
-    "psycopg in the gate's layer": ("pgcohort/probe.py", "import psycopg\n", "Only the PostgreSQL adapter"),
+    "psycopg in the gate's layer": ("pgcohort/probe.py", "import psycopg\n", "Only the PostgreSQL layer"),
     "prometheus_client in a new module": ("pgcohort/probe.py", "import prometheus_client\n", "Only the metrics"),
     "Patroni's REST API outside its adapter": (
         "pgcohort/probe.py",
@@ -94,14 +96,13 @@ def test_contracts_fail_on_a_forbidden_import_in_a_new_module(tmp_path: pathlib.
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     shutil.copy2(ROOT / "pyproject.toml", scratch)
-    shutil.copytree(ROOT / "pgcohort", scratch / "pgcohort", ignore=shutil.ignore_patterns("__pycache__"))
+    package_copy(scratch)
     clean = _lint(scratch)
     assert clean.returncode == 0, clean.stdout[-2000:]
     (scratch / path).write_text(source)
     if case == "the sidecar importing the CLI":
-        (scratch / "pgcohort" / "sidecar.py").write_text(
-            (scratch / "pgcohort" / "sidecar.py").read_text() + "\nimport pgcohort.cli  # noqa\n"
-        )
+        loop = scratch / "pgcohort" / "sidecar" / "loop.py"
+        loop.write_text(loop.read_text() + "\nimport pgcohort.cli  # noqa\n")
     broken = _lint(scratch)
     assert broken.returncode != 0, f"{case}: the contracts did not notice\n{broken.stdout[-2000:]}"
     assert "BROKEN" in broken.stdout

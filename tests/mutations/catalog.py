@@ -24,20 +24,20 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "apply-before-commit",
         "a new member counts only after its propose commits",
-        "plugin/sidecar.py",
-        '        self._change(core.AddMember(member), f"admitted {member.name}")',
-        "        with self.node.setting_lock() as w:  # MUTATION: enforce the candidate before the commit\n"
-        "            snap, term = self.store.read_both()\n"
-        "            w.write(steps.desired(core.propose(snap.ruleset, core.AddMember(member), term.term.primary,"
+        "plugin/pgcohort/sidecar/loop.py",
+        '                self.actions.propose(core.AddMember(member), f"admitted {member.name}")',
+        "                with self.node.setting_lock() as w:  # MUTATION: enforce the candidate before the commit\n"
+        "                    snap, term = self.store.read_both()\n"
+        "                    w.write(steps.desired(core.propose(snap.ruleset, core.AddMember(member), term.term.primary,"
         " changed_by='', now=''), snap.revision, term.term.primary, self.settings.name))\n"
-        "        time.sleep(1.5)\n"
-        '        self._change(core.AddMember(member), f"admitted {member.name}")',
+        "                time.sleep(1.5)\n"
+        '                self.actions.propose(core.AddMember(member), f"admitted {member.name}")',
         ("tests/test_sidecar.py::test_auto_admit_brings_a_caught_up_standby_in",),
     ),
     Mutation(
         "finalize-without-barrier",
         "finalize only after a barrier taken after this revision's apply",
-        "plugin/core/steps.py",
+        "plugin/pgcohort/core/steps.py",
         "        if local.barrier != revision:\n            return Barrier(target)",
         "        if False:  # MUTATION\n            return Barrier(target)",
         ("tests/test_sidecar.py::test_add_is_enforced_only_after_commit_and_finalized_after_barrier",),
@@ -45,15 +45,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "barrier-reuse",
         "a barrier belongs to one revision and one apply",
-        "adapters/postgres.py",
-        '        if b is None or (b.revision, b.epoch) != (revision, self._epoch) or "error" in b.result:',
+        "plugin/pgcohort/postgres/barrier.py",
+        '        if b is None or (b.revision, b.epoch) != (revision, epoch) or "error" in b.result:',
         '        if b is None or "error" in b.result:  # MUTATION: reuse whatever barrier is there',
         ("tests/test_postgres.py::test_a_barrier_is_never_reused_across_revisions",),
     ),
     Mutation(
         "barrier-not-proven",
         "finalize only once K members of the new electorate flushed the barrier",
-        "plugin/sidecar.py",
+        "plugin/pgcohort/sidecar/actions.py",
         "        while not steps.barrier_proven(target, acked := self.node.acknowledged(lsn)):",
         "        acked = self.node.acknowledged(lsn)\n"
         "        while False:  # MUTATION: trust the release, do not check who flushed it",
@@ -62,7 +62,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "no-lock",
         "writes of the setting are serialised, rendered from a read inside the lock",
-        "adapters/postgres.py",
+        "plugin/pgcohort/postgres/setting.py",
         '                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))',
         '                conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))  # MUTATION: no waiting',
         ("tests/test_apply.py::test_two_writers_never_regress_the_setting",),
@@ -70,7 +70,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "read-before-lock",
         "writes of the setting are serialised, rendered from a read inside the lock",
-        "plugin/sidecar.py",
+        "plugin/pgcohort/sidecar/loop.py",
         "        with self.node.setting_lock() if primary else contextlib.nullcontext() as writer:\n"
         "            locked = time.monotonic()\n"
         "            snap, term = self.store.read_both()\n",
@@ -82,7 +82,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "term-without-ruleset-compare",
         "a term is recorded only if the ruleset did not move since the survey",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "            mod_equals(self.ruleset_key, ruleset_revision),\n            mod_equals(self.term_key, term_revision),\n",
         "            mod_equals(self.term_key, term_revision),  # MUTATION: the ruleset may have moved\n",
         (
@@ -93,7 +93,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "term-without-term-compare",
         "a term is recorded only if no other term was committed since the survey (one promotion per term)",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "            mod_equals(self.ruleset_key, ruleset_revision),\n            mod_equals(self.term_key, term_revision),\n",
         "            mod_equals(self.ruleset_key, ruleset_revision),  # MUTATION: another term may have landed\n",
         (
@@ -104,7 +104,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "term-without-confirmation-compare",
         "a term is recorded only if no confirmation landed since the survey (it reasoned from the right primary)",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "            mod_equals(self.term_key, term_revision),\n"
         "            mod_equals(self.confirmed_key, based_on.confirmation_revision),\n",
         "            mod_equals(self.term_key, term_revision),  # MUTATION: a confirmation may have landed\n",
@@ -113,7 +113,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "short-survey",
         "a failover surveys |E| - K + 1 members of every active rule's electorate",
-        "plugin/core/failover.py",
+        "plugin/pgcohort/core/failover.py",
         "    return electorate - acks + 1",
         "    return electorate - acks  # MUTATION",
         (
@@ -125,7 +125,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "joint-checks-one-rule",
         "in the joint phase a failover satisfies both rules",
-        "plugin/core/failover.py",
+        "plugin/pgcohort/core/failover.py",
         "    for rule in ruleset.active_rules():\n        e = tuple(m.name for m in rule.electorate(old_primary))",
         "    for rule in ruleset.active_rules()[:1]:  # MUTATION: the new rule only\n"
         "        e = tuple(m.name for m in rule.electorate(old_primary))",
@@ -138,7 +138,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "any-reachable-candidate",
         "the candidate holds the highest surveyed position",
-        "plugin/core/failover.py",
+        "plugin/pgcohort/core/failover.py",
         "        best = [n for n in eligible if counted[n] == top]",
         "        best = eligible  # MUTATION: any reachable eligible member",
         ("tests/test_race.py::test_seed_race_gated_keeps_the_acknowledged_write",),
@@ -146,7 +146,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "second-primary-surveyed",
         "a member that is not in recovery is never surveyed as a standby",
-        "plugin/gate.py",
+        "plugin/pgcohort/gate.py",
         "                primaries[name] = e.position",
         "                positions[name] = e.position  # MUTATION: surveyed as a standby",
         (
@@ -156,7 +156,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "unfenced-old-primary",
         "the pre-promote gate vetoes while the old primary still answers as a primary",
-        "plugin/gate.py",
+        "plugin/pgcohort/gate.py",
         "        if seen is not None and seen.primary:",
         "        if False:  # MUTATION: the old primary is not probed",
         ("tests/test_failover_cli.py::test_the_pre_promote_gate_vetoes_while_the_old_primary_still_runs",),
@@ -164,7 +164,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "record-written-behind-the-protocol",
         "act only on a ruleset whose version is etcd's write count of its key (no stale or forged record)",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         '        check_written_by_protocol(rs.version, int(kv.get("version", 0)), "version", where)',
         "        pass  # MUTATION: trust whatever the key holds",
         ("tests/test_bad_records.py::test_bad_records_are_refused_and_the_last_good_setting_stays",),
@@ -172,7 +172,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "ruleset-and-term-unchecked",
         "act only on a ruleset every active rule of which the term's primary can enforce",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         '        check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")\n        return snap, now',
         "        return snap, now  # MUTATION: no check across the two records",
         ("tests/test_bad_records.py::test_bad_records_are_refused_and_the_last_good_setting_stays",),
@@ -180,7 +180,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "reference-unconfirmed-term",
         "a failover reasons from the last confirmed term's primary, not from a term whose primary never ran",
-        "plugin/core/term.py",
+        "plugin/pgcohort/core/term.py",
         "    if confirmation is None:\n        return term.primary\n    return confirmation.primary\n",
         "    return term.primary  # MUTATION: the current term's primary, confirmed or not (pgcohort 0.4)\n",
         ("tests/test_gate_rules.py::test_a_term_whose_primary_never_ran_gives_no_authority",),
@@ -188,7 +188,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "own-term-unconfirmed",
         "only a confirmed term lets its primary take its leader key back without a survey",
-        "plugin/gate.py",
+        "plugin/pgcohort/gate.py",
         "    if candidate == term.term.primary and (term.confirmed or term.term.forced):\n",
         "    if candidate == term.term.primary:  # MUTATION: any term naming it will do\n",
         ("tests/test_gate_rules.py::test_an_unconfirmed_term_gives_its_node_no_right_to_take_the_key_back",),
@@ -196,9 +196,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "count-without-fence",
         "a voter's position counts only once it stopped receiving (fenced), on Patroni as on plain PostgreSQL",
-        "adapters/postgres.py",
-        '        self._query("revoke (clear primary_conninfo)", "ALTER SYSTEM SET primary_conninfo = \'\'")\n',
-        "        return self.held()  # MUTATION: read the position of a standby that still streams\n",
+        "plugin/pgcohort/postgres/fence.py",
+        '    s.query("revoke (clear primary_conninfo)", "ALTER SYSTEM SET primary_conninfo = \'\'")\n',
+        "    return held(s)  # MUTATION: read the position of a standby that still streams\n",
         (
             "tests/test_gate_rules.py::"
             "test_writes_on_the_old_primary_during_a_failover_are_never_acknowledged_behind_the_survey",
@@ -207,7 +207,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "fence-kept-on-veto",
         "a refused gate lifts its fences where the HA manager repoints standbys itself (Patroni)",
-        "plugin/gate.py",
+        "plugin/pgcohort/gate.py",
         "            failed = release(snap.ruleset, connect, found.positions)\n",
         "            failed: dict[str, str] = {}  # MUTATION: the fences stay\n",
         ("tests/test_gate_rules.py::test_a_refused_gate_lifts_its_fences_beside_patroni",),
@@ -215,7 +215,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "promote-without-the-rule",
         "a member is promoted with the rule rendered for it already in force",
-        "plugin/gate.py",
+        "plugin/pgcohort/gate.py",
         "        node.promote(setting=setting)\n",
         "        node.promote()  # MUTATION: whatever setting the standby had\n",
         ("tests/test_gate_rules.py::test_the_new_primary_acknowledges_nothing_before_its_standbys_hold_it",),
@@ -223,9 +223,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "position-from-processes",
         "a voter's position is the end of valid WAL it holds on disk, not what its processes report",
-        "adapters/postgres.py",
-        "        return Position(end, tli)\n",
-        "        return Position(self.observe().lsn, tli)  # MUTATION: max(receive, replay) (pgcohort 0.4)\n",
+        "plugin/pgcohort/postgres/fence.py",
+        "    return Position(end, tli)\n",
+        "    ((received, replayed),) = s.query('read', 'SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text')\n"
+        "    return Position(max(lsn(received) or 0, lsn(replayed) or 0), tli)  # MUTATION: what its processes report (0.4)\n",
         (
             "tests/test_durable_position.py::"
             "test_a_restarted_standby_with_delayed_replay_is_counted_at_what_it_holds[durable end of WAL]",
@@ -234,7 +235,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "positions-across-timelines",
         "positions count on the reference primary's timeline; WAL on a timeline it does not contain is refused",
-        "plugin/core/failover.py",
+        "plugin/pgcohort/core/failover.py",
         "    if reference is None:\n        timelines = sorted({p.timeline for p in positions.values()})\n",
         "    return {n: p.lsn for n, p in positions.items()}, {}  # MUTATION: raw LSNs, whatever the timeline\n"
         "    if reference is None:\n        timelines = sorted({p.timeline for p in positions.values()})\n",
@@ -244,7 +245,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "init-without-absence-compares",
         "init creates a cluster only where none of its records exists",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "        return [absent(self.ruleset_key), absent(self.term_key), absent(self.confirmed_key)], success",
         "        return [absent(self.ruleset_key)], success  # MUTATION: a term or a confirmation may be there",
         ("tests/test_compares.py::test_init_refuses_where_any_of_the_records_exists",),
@@ -252,7 +253,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "commit-without-ruleset-compare",
         "a proposal or finalize commits only if the ruleset did not move since it was read",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "        compare = [mod_equals(self.ruleset_key, expected)]\n",
         "        compare = []  # MUTATION: whatever the ruleset is now\n",
         (
@@ -263,7 +264,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "commit-without-term-compare",
         "a proposal or finalize commits only if the term it was validated against did not move",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "            compare.append(mod_equals(self.term_key, term_revision))\n",
         "            pass  # MUTATION: a failover may have landed\n",
         (
@@ -274,7 +275,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "confirm-without-term-compare",
         "a confirmation is recorded only for the current term",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "            mod_equals(self.term_key, based_on.revision),\n",
         "",
         ("tests/test_compares.py::test_a_confirmation_of_a_superseded_term_is_refused",),
@@ -282,7 +283,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "confirm-without-confirmation-compare",
         "a confirmation never goes back (no writer of it acts on a stale read)",
-        "plugin/store/records.py",
+        "plugin/pgcohort/store/records.py",
         "            mod_equals(self.term_key, based_on.revision),\n"
         "            mod_equals(self.confirmed_key, based_on.confirmation_revision),\n",
         "            mod_equals(self.term_key, based_on.revision),  # MUTATION: over whatever confirmation\n",
@@ -291,15 +292,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "restore-without-compares",
         "a restore writes only over the records it read",
-        "plugin/store/records.py",
-        "        ok, _ = self.transport.txn(compare, success, [])\n",
-        "        ok, _ = self.transport.txn([], success, [])  # MUTATION: over whatever is there now\n",
+        "plugin/pgcohort/store/repair.py",
+        "    ok, _ = records.transport.txn(compare, success, [])\n",
+        "    ok, _ = records.transport.txn([], success, [])  # MUTATION: over whatever is there now\n",
         ("tests/test_compares.py::test_a_restore_racing_a_writer_writes_nothing",),
     ),
     Mutation(
         "setting-without-ruleset-compare",
         "Patroni's configuration gets a setting only from the ruleset revision it was rendered from",
-        "plugin/store/patroni.py",
+        "plugin/pgcohort/store/patroni.py",
         "        compare = [mod_equals(self.records.ruleset_key, ruleset_revision), mod_equals(self.key, config.revision)]",
         "        compare = [mod_equals(self.key, config.revision)]  # MUTATION: from any ruleset",
         ("tests/test_compares.py::test_a_setting_rendered_from_a_stale_ruleset_is_not_written",),
@@ -307,7 +308,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "setting-without-config-compare",
         "the setting is merged only into the Patroni configuration it was read from (edit-config is kept)",
-        "plugin/store/patroni.py",
+        "plugin/pgcohort/store/patroni.py",
         "        compare = [mod_equals(self.records.ruleset_key, ruleset_revision), mod_equals(self.key, config.revision)]",
         "        compare = [mod_equals(self.records.ruleset_key, ruleset_revision)]  # MUTATION: over any config",
         ("tests/test_compares.py::test_a_setting_over_a_racing_edit_config_is_not_written",),
@@ -315,7 +316,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "adopt-without-config-compare",
         "an adoption switches Patroni's sync mode off only in the configuration it read",
-        "plugin/store/patroni.py",
+        "plugin/pgcohort/store/patroni.py",
         "        compare.append(mod_equals(self.key, config.revision))\n",
         "        pass  # MUTATION: over any config\n",
         ("tests/test_compares.py::test_an_adoption_over_a_racing_edit_config_writes_nothing",),
@@ -323,7 +324,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "indeterminate-term-promotes",
         "a gate whose term write has no definite answer refuses (the hook exits non-zero)",
-        "plugin/gate.py",
+        "plugin/pgcohort/gate.py",
         "            rev = store.put_term(snap.revision, term, new_term)\n",
         "            try:\n"
         "                rev = store.put_term(snap.revision, term, new_term)\n"
@@ -334,7 +335,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "unreachable-etcd-as-unmanaged",
         "etcd not answering is never taken for a cluster pgcohort does not manage",
-        "plugin/cli.py",
+        "plugin/pgcohort/commands.py",
         "        except NotInitializedError as e:\n",
         "        except (NotInitializedError, __import__('pgcohort.errors').errors.StoreUnavailableError) as e:  # MUTATION\n",
         ("tests/test_gate_faults.py::test_an_unreachable_etcd_is_never_taken_for_an_unmanaged_cluster",),
@@ -342,7 +343,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "etcd-requests-without-timeout",
         "every etcd request of the gate is bounded in time (Patroni's hook has no timeout of its own)",
-        "plugin/store/transport.py",
+        "plugin/pgcohort/store/transport.py",
         'timeout=timeout, api_path="/v3/"',
         'timeout=None, api_path="/v3/"  # MUTATION',
         ("tests/test_gate_faults.py::test_the_gate_refuses_while_etcd_does_not_answer[10 s network delay]",),
@@ -350,7 +351,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "shortcut-for-any-former-primary",
         "only the current term's primary takes its leader key back without a survey, not one of an earlier term",
-        "plugin/gate.py",
+        "plugin/pgcohort/gate.py",
         "    if candidate == term.term.primary and (term.confirmed or term.term.forced):\n",
         "    if candidate in {t.primary for _, t in store.term_history()} and (term.confirmed or term.term.forced):\n",
         ("tests/test_gate_rules.py::test_a_former_primary_is_surveyed_like_anyone",),

@@ -27,19 +27,24 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 
 def scratch_copy(where: pathlib.Path, mutation: Mutation) -> pathlib.Path:
-    """A ``pgcohort`` package made of plugin/ and adapters/, with ``mutation`` applied."""
-    package = where / "pgcohort"
-    shutil.copytree(ROOT / "plugin", package, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "adapters"))
-    shutil.copytree(ROOT / "adapters", package / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
+    """The ``pgcohort`` package (plugin/ and adapters/ merged, as installed) with ``mutation`` applied."""
+    package_copy(where)
     for extra in ("tests", "dashboards"):
         shutil.copytree(ROOT / extra, where / extra, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "pyproject.toml", where)
     rel = pathlib.Path(mutation.path)
-    target = package / rel.relative_to("plugin") if rel.parts[0] == "plugin" else package / "adapters" / rel.name
+    target = where / rel.relative_to(rel.parts[0])  # plugin/pgcohort/x -> pgcohort/x, adapters/pgcohort/... likewise
     text = target.read_text()
     if text.count(mutation.old) != 1:
         raise SystemExit(f"mutation {mutation.name}: its target text is not found once in {mutation.path}; update it")
     target.write_text(text.replace(mutation.old, mutation.new))
+    return where
+
+
+def package_copy(where: pathlib.Path) -> pathlib.Path:
+    """Copy the ``pgcohort`` package into ``where`` (a ``PYTHONPATH`` entry): both source roots in one folder."""
+    for root in ("plugin", "adapters"):
+        shutil.copytree(ROOT / root, where, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     return where
 
 

@@ -24,6 +24,7 @@ from pgcohort.core.ruleset import Ruleset
 from pgcohort.core.term import Confirmation, Term
 from pgcohort.errors import InvalidInputError
 from pgcohort.seams import Revision, Snapshot, StoreStats, TermSnapshot, View
+from pgcohort.store import repair
 from pgcohort.store.patroni import PatroniConfigKey
 from pgcohort.store.records import Records
 from pgcohort.store.registry import NodeRegistration, NodeRegistry
@@ -112,7 +113,7 @@ class EtcdStore:
 
     def restore(self, *, actor: str, writer: str, now: str) -> list[str]:
         """``pgcohort restore``: commit the newest valid history entry again where a record is invalid."""
-        return self.records.restore(actor=actor, writer=writer, now=now)
+        return repair.restore(self.records, actor=actor, writer=writer, now=now)
 
     # --- node records (pgcohort.store.registry) --------------------------------------------
 

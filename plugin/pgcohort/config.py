@@ -94,8 +94,8 @@ SCHEMA: tuple[Setting, ...] = (
         ("sidecar", "adapter"),
         str,
         "auto",
-        "what manages the node: postgres, patroni, or auto (patroni when patroni.url is set)",
-        ("auto", "postgres", "patroni"),
+        "what manages the node: a registered adapter (postgres, patroni; entry points of group "
+        "pgcohort.adapters), or auto (patroni when patroni.url is set, else postgres)",
     ),
     Setting(("patroni", "url"), str, None, "this node's Patroni REST API (restapi.connect_address)"),
     Setting(("patroni", "scope"), str, None, "Patroni's scope (default: the cluster name)"),
@@ -130,7 +130,7 @@ class Config:
 
 
 def adapter(cfg: Config) -> str:
-    """``postgres`` or ``patroni``: ``sidecar.adapter``, with ``auto`` resolved."""
+    """The adapter ``sidecar.adapter`` names, with ``auto`` resolved (:func:`pgcohort.assembly.registered` finds it)."""
     chosen = str(cfg["sidecar.adapter"])
     if chosen == "auto":
         return "patroni" if cfg["patroni.url"] else "postgres"

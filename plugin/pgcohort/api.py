@@ -16,7 +16,7 @@ from typing import Any
 
 from pgcohort.core import ruleset as core
 from pgcohort.metrics import CONTENT_TYPE
-from pgcohort.sidecar import Sidecar
+from pgcohort.sidecar.loop import Sidecar
 
 
 class Handler(BaseHTTPRequestHandler):

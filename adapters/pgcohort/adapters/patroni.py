@@ -45,22 +45,22 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from pgcohort.adapters.postgres import PostgresNode
-from pgcohort.core.failover import Position, Wording
-from pgcohort.core.rules import Member
+from pgcohort import protocol
+from pgcohort.config import Config
+from pgcohort.core.failover import Wording
+from pgcohort.core.rules import Member, Rule, parse_policy
 from pgcohort.core.steps import Desired
-from pgcohort.core.term import Timeline
-from pgcohort.errors import (
-    InvalidInputError,
-    PatroniUnreachableError,
-    RefusedError,
-)
-from pgcohort.seams import Observation, Revision
+from pgcohort.errors import InvalidInputError, NotInitializedError, PatroniUnreachableError, RefusedError
+from pgcohort.postgres import fence
+from pgcohort.postgres.database import Database
+from pgcohort.seams import Revision
+from pgcohort.store import EtcdStore
+from pgcohort.store.patroni import PatroniConfigKey
 
 WORDING = Wording(
     choose="Patroni's next leader race can promote {name} once its agent runs (the gate allows it), or promote "
@@ -80,16 +80,6 @@ NOFAILOVER = (
     "# not win Patroni's leader race. Removed again when the node becomes a member.\n"
     "tags:\n  nofailover: true\n"
 )
-
-
-class ConfigKey(Protocol):
-    """Patroni's ``config`` key in etcd (:class:`pgcohort.store.patroni.PatroniConfigKey`)."""
-
-    key: str
-
-    def read(self) -> Any: ...
-
-    def write_setting(self, ruleset_revision: Revision, config: Any, setting: str) -> Revision: ...
 
 
 @dataclass(frozen=True)
@@ -202,78 +192,50 @@ class PatroniAPI:
         self._call("POST", "/reload", {})
 
 
-class PatroniNode:
-    """A PostgreSQL server managed by Patroni; PostgreSQL questions go to :class:`PostgresNode`."""
+class PatroniNode(Database):
+    """A PostgreSQL server managed by Patroni."""
+
+    keeps_fence_values = False  # Patroni's primary_conninfo and restore_command live in its postgresql.conf
 
     def __init__(
         self,
         dsn: str,
         *,
-        config_key: ConfigKey | None = None,
+        config_key: PatroniConfigKey | None = None,
         api: PatroniAPI | None = None,
         config_dir: str | None = None,
         connect_timeout: float = 3.0,
     ) -> None:
-        self.pg = PostgresNode(dsn, connect_timeout=connect_timeout)
-        self.dsn = dsn
+        super().__init__(dsn, connect_timeout=connect_timeout)
         self.config_key = config_key
         self.api = api
         self.config_dir = config_dir
         self._eligible: bool | None = None
 
-    # --- reading ----------------------------------------------------------------------
-
-    def observe(self) -> Observation:
-        return self.pg.observe()
-
-    def _config_key(self) -> ConfigKey:
-        if self.config_key is None:
-            raise InvalidInputError("internal: this PatroniNode was built to survey, not to write the setting")
-        return self.config_key
-
-    # --- writing the setting ------------------------------------------------------------
+    # --- the setting, through Patroni's configuration ------------------------------------
 
     @contextmanager
-    def setting_lock(self) -> Iterator[_ConfigWriter]:
+    def setting_lock(self) -> Iterator[_ConfigWriter]:  # type: ignore[override]
         """No lock is held: the writer's two compares (ruleset and config revisions) serialise writers."""
         yield _ConfigWriter(self)
 
     def _write(self, desired: Desired) -> None:
-        key = self._config_key()
-        self.pg._epoch += 1  # a barrier belongs to one apply, as with plain PostgreSQL
-        key.write_setting(Revision(desired.revision), key.read(), desired.setting)
-
-    def wait_in_force(self, desired: Desired, *, timeout: float) -> None:
-        self.pg.wait_in_force(desired, timeout=timeout)
-
-    def barrier(self, revision: int, *, timeout: float) -> int:
-        return self.pg.barrier(revision, timeout=timeout)
-
-    def acknowledged(self, lsn: int) -> Mapping[str, int]:
-        return self.pg.acknowledged(lsn)
+        if self.config_key is None:
+            raise InvalidInputError("internal: this PatroniNode was built to survey, not to write the setting")
+        self.setting.epoch += 1  # a barrier belongs to one apply, as with plain PostgreSQL
+        self.config_key.write_setting(Revision(desired.revision), self.config_key.read(), desired.setting)
 
     # --- failover -----------------------------------------------------------------------
 
-    def revoke(self, *, timeout: float = 10.0, candidate: Member | None = None) -> Position:
-        """Fence this member and return what it holds (:meth:`PostgresNode.fence`); nothing is kept, since
-        Patroni's own ``primary_conninfo`` and ``restore_command`` live in its ``postgresql.conf``."""
-        return self.pg.fence(timeout=timeout, candidate=candidate, keep=False)
-
     def release(self) -> None:
         """Lift the fence (``ALTER SYSTEM RESET``): Patroni's own recovery settings apply again."""
-        self.pg.unfence()
-
-    def timeline(self) -> Timeline:
-        return self.pg.timeline()
+        fence.unfence(self.session)
 
     def follow(self, primary: Member) -> None:
         """Nothing to do: Patroni repoints its standbys to the new leader itself."""
 
     def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
-        raise RefusedError(
-            "on Patroni, promotion is Patroni's: use `patronictl switchover` or `patronictl failover`; "
-            "pgcohort's gate runs as Patroni's pre_promote and vetoes an unsafe candidate"
-        )
+        raise RefusedError(PROMOTES)
 
     # --- eligibility ------------------------------------------------------------------
 
@@ -295,15 +257,12 @@ class PatroniNode:
         except OSError as e:
             raise InvalidInputError(
                 f"cannot write {path}: {e.strerror}; check patroni.config_dir (Patroni's configuration directory) "
-                "and that the sidecar may write there"
+                "and that the sidecar's OS user (Patroni's) may write there"
             ) from None
         if self.api is not None:
             self.api.reload()
         self._eligible = eligible
         return True
-
-    def close(self) -> None:
-        self.pg.close()
 
 
 class _ConfigWriter:
@@ -348,5 +307,104 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def connector(options: str, *, timeout: float = 3.0) -> Callable[[Member], PatroniNode]:
-    """Reach any member's PostgreSQL for the gate's survey (read-only revoke)."""
+    """Reach any member's PostgreSQL for the gate's survey (fence and read)."""
     return lambda m: PatroniNode(f"host={m.host.strip('[]')} port={m.port} {options}", connect_timeout=timeout)
+
+
+# --- the registry entry -------------------------------------------------------------------
+
+PROMOTES = (
+    "on Patroni, Patroni promotes: use `patronictl failover` or `patronictl switchover`; pgcohort's gate runs as "
+    "Patroni's pre_promote and vetoes an unsafe candidate. Nothing was changed"
+)
+
+
+def api(url: str, cfg: Config) -> PatroniAPI:
+    """A REST API client with this configuration's credentials and TLS settings."""
+    tls = ApiTls(cfg["patroni.cacert"], cfg["patroni.cert"], cfg["patroni.key"])
+    return PatroniAPI(url, auth=cfg["patroni.api_auth"], tls=tls)
+
+
+def config_key(cfg: Config, store: EtcdStore, scope: str | None = None) -> PatroniConfigKey:
+    """Patroni's ``config`` key of this cluster (``patroni.scope``, else the cluster name)."""
+    return store.patroni_config(scope or cfg["patroni.scope"] or cfg["cluster"], cfg["patroni.namespace"])
+
+
+def members(url: str, cfg: Config) -> tuple[list[Member], list[str], str, str]:
+    """From Patroni's ``GET /cluster``: the running members, the ones left out (and why), the leader, the scope."""
+    listed, leader, scope = api(url, cfg).cluster()
+    if leader is None:
+        raise RefusedError(f"Patroni at {url} reports no leader; adopt the cluster once it has one")
+    chosen, skipped = [], []
+    for m in listed:
+        if m.name == leader or m.state in ("streaming", "running"):
+            chosen.append(Member(m.name, m.host, m.port, m.zone))
+        else:
+            skipped.append(f"{m.name} ({m.state})")
+    return chosen, skipped, leader, scope
+
+
+class Patroni:
+    """The ``patroni`` entry of the adapter registry (see :class:`pgcohort.assembly.Adapter`)."""
+
+    name = "patroni"
+    wording = WORDING
+
+    def node(self, cfg: Config, store: EtcdStore) -> PatroniNode:
+        return PatroniNode(
+            cfg["postgres.dsn"],
+            config_key=config_key(cfg, store),
+            api=api(cfg["patroni.url"], cfg) if cfg["patroni.url"] else None,
+            config_dir=cfg["patroni.config_dir"],
+        )
+
+    def connector(self, cfg: Config) -> Callable[[Member], PatroniNode]:
+        return connector(cfg["postgres.member_options"])
+
+    def preflight(self, cfg: Config, store: EtcdStore) -> str | None:
+        """Two owners of one setting lose writes: refuse to start beside Patroni's own sync mode."""
+        try:
+            return config_key(cfg, store).read().sync_mode_problem()
+        except NotInitializedError:
+            return None  # Patroni has not bootstrapped yet: every write checks again
+
+    def managed_by(self, cfg: Config, store: EtcdStore) -> str | None:
+        managed: str | None = config_key(cfg, store).read().managed_by
+        return managed
+
+    def promotes(self) -> str | None:
+        return PROMOTES
+
+    def adopt(self, source: str, cfg: Config, store: EtcdStore, *, policy: str, actor: str) -> list[str]:
+        """``init --from-patroni URL``: the members and leader from Patroni, and the switch from its sync mode, in
+        one transaction (no moment of asynchronous commits). Returns what to print."""
+        chosen, skipped, leader, scope = members(source, cfg)
+        if cfg["patroni.scope"] and scope and cfg["patroni.scope"] != scope:
+            raise InvalidInputError(
+                f"Patroni at {source} runs scope {scope!r} but patroni.scope is {cfg['patroni.scope']!r}; "
+                "nothing was changed"
+            )
+        rule = Rule(parse_policy(policy), tuple(chosen))
+        rs, term = protocol.first(rule, leader, actor=actor)
+        key = config_key(cfg, store, scope)
+        before = key.read()
+        setting = rule.render(leader)
+        rev = key.adopt(rs, term, before, setting)
+        lines = [
+            f"adopted Patroni scope {scope!r} into {store.root}: version 1 and term 1 (primary {leader}) at revision "
+            f"{rev}",
+            f"rule: {rule.show()}",
+        ]
+        if skipped:
+            lines.append(
+                f"left out (not streaming): {', '.join(skipped)}; add them with `pgcohort add` once they stream"
+            )
+        was = before.value.get("synchronous_mode", False)
+        lines.append(
+            f"in the same transaction {key.key}: synchronous_mode {was!r} -> false, "
+            f"synchronous_standby_names {before.setting!r} -> {setting!r}"
+        )
+        return lines
+
+
+ADAPTER = Patroni()

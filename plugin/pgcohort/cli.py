@@ -1,8 +1,8 @@
 """The ``pgcohort`` command: parse, load the configuration, call, print. Nothing else.
 
-Member specs are parsed by the core (:func:`pgcohort.core.rules.parse_member`), the status
-document is built by :mod:`pgcohort.report`, the pieces are built by
-:mod:`pgcohort.assembly`, and the exit codes come from the error tree
+What each command does is a function of :mod:`pgcohort.commands` (tests call them directly);
+member specs are parsed by the core (:func:`pgcohort.core.rules.parse_member`), the status
+document is built by :mod:`pgcohort.report`, and the exit codes come from the error tree
 (:func:`pgcohort.errors.exit_codes`).
 """
 
@@ -11,24 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from pgcohort import __version__, assembly, config, gate, protocol, report
+from pgcohort import assembly, commands, config, gate, protocol, report
 from pgcohort.core import ruleset as core
-from pgcohort.core.decision import GateDecision, Result
-from pgcohort.core.failover import format_lsn
-from pgcohort.core.rules import Rule, parse_member, parse_policy
-from pgcohort.core.term import Term
-from pgcohort.core.term import confirmation_to_record as confirmation_record
-from pgcohort.core.term import term_to_record as term_record
-from pgcohort.errors import InvalidInputError, NotInitializedError, PgcohortError, RefusedError, exit_codes
+from pgcohort.core.rules import parse_member, parse_policy
+from pgcohort.errors import InvalidInputError, PgcohortError, exit_codes
 from pgcohort.seams import Revision
 from pgcohort.store import EtcdStore
+from pgcohort.version import __version__
 
 EXIT_CODES = exit_codes()
 
@@ -53,62 +46,18 @@ def _store(args: argparse.Namespace) -> EtcdStore:
 # --- output --------------------------------------------------------------------------
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [list(header)] + [[("-" if c is None else str(c)) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def fmt(r: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-
-    return "\n".join([line, fmt(cells[0]), line] + [fmt(r) for r in cells[1:]] + [line])
-
-
 # --- commands ------------------------------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    if args.from_patroni:
-        return _adopt(args)
-    if not args.member or not args.primary:
-        raise InvalidInputError("init needs --member (one per member) and --primary, or --from-patroni URL")
-    members = tuple(parse_member(s) for s in args.member)
-    rule = Rule(parse_policy(args.policy), members)
-    store = _store(args)
-    done = protocol.init(store, rule, args.primary, actor=assembly.actor())
-    print(f"initialized {store.root}: version 1 at revision {done.snapshot.revision}, term 1 (primary {args.primary})")
-    print(f"rule: {rule.show()}")
-    print(f"synchronous_standby_names: {rule.render(args.primary)}")
-    return 0
-
-
-def _adopt(args: argparse.Namespace) -> int:
-    """``init --from-patroni``: the members and leader from Patroni, and the switch from its sync mode, at once."""
     cfg = _config(args)
-    members, skipped, leader, scope = assembly.patroni_cluster(args.from_patroni, cfg)
-    if cfg["patroni.scope"] and scope and cfg["patroni.scope"] != scope:
-        raise InvalidInputError(
-            f"Patroni at {args.from_patroni} runs scope {scope!r} but patroni.scope is {cfg['patroni.scope']!r}; "
-            "nothing was changed"
-        )
-    rule = Rule(parse_policy(args.policy), tuple(members))
-    rs, term = protocol.first(rule, leader, actor=assembly.actor())
-    store = assembly.store(cfg)
-    key = assembly.patroni_key(cfg, store, scope)
-    before = key.read()
-    setting = rule.render(leader)
-    rev = key.adopt(rs, term, before, setting)
-    print(
-        f"adopted Patroni scope {scope!r} into {store.root}: version 1 and term 1 (primary {leader}) at revision {rev}"
-    )
-    print(f"rule: {rule.show()}")
-    if skipped:
-        print(f"left out (not streaming): {', '.join(skipped)}; add them with `pgcohort add` once they stream")
-    was = before.value.get("synchronous_mode", False)
-    print(
-        f"in the same transaction {key.key}: synchronous_mode {was!r} -> false, "
-        f"synchronous_standby_names {before.setting!r} -> {setting!r}"
-    )
+    if args.from_patroni:
+        lines = commands.adopt(cfg, "patroni", args.from_patroni, args.policy)
+    elif not args.member or not args.primary:
+        raise InvalidInputError("init needs --member (one per member) and --primary, or --from-patroni URL")
+    else:
+        lines = commands.init(cfg, args.member, args.primary, args.policy)
+    print("\n".join(lines))
     return 0
 
 
@@ -126,17 +75,17 @@ def _report_change(done: protocol.Committed) -> None:
 
 def cmd_add(args: argparse.Namespace) -> int:
     member = parse_member(args.member, host=args.host, port=args.port, zone=args.zone)
-    _report_change(protocol.propose(_store(args), core.AddMember(member), actor=assembly.actor()))
+    _report_change(commands.propose(_config(args), core.AddMember(member)))
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    _report_change(protocol.propose(_store(args), core.RemoveMember(args.member), actor=assembly.actor()))
+    _report_change(commands.propose(_config(args), core.RemoveMember(args.member)))
     return 0
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    _report_change(protocol.propose(_store(args), core.SetPolicy(parse_policy(args.policy)), actor=assembly.actor()))
+    _report_change(commands.propose(_config(args), core.SetPolicy(parse_policy(args.policy))))
     return 0
 
 
@@ -147,9 +96,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
             "acknowledged. By hand it skips that proof: pass --without-barrier only when no "
             "PostgreSQL enforces this ruleset yet. Nothing was changed"
         )
-    expected = Revision(args.revision) if args.revision is not None else None
-    done = protocol.finalize(_store(args), actor=assembly.actor(), expected=expected)
-    _report_change(done)
+    _report_change(commands.finalize_by_hand(_config(args), args.revision))
     return 0
 
 
@@ -157,84 +104,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = _store(args)
     snap, term = store.read_both()
     doc = report.status_document(store.root, snap, term, store.nodes())
-    if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(f"Cluster {store.root}  version {doc['version']} (revision {doc['revision']})  phase {doc['phase']}")
-    print(f"Rule: {doc['rule']}")
-    if doc["benched"]:
-        print(f"Benched (admitted again once they stream and catch up): {' '.join(doc['benched'])}")
-    if doc["change"]:
-        print(f"Change in progress: {doc['change']} (by {doc['changed_by']} at {doc['changed_at']})")
-    seen = (
-        f"seen running on timeline {doc['timeline']}"
-        if doc["confirmed"] and doc["timeline"]
-        else "seen running"
-        if doc["confirmed"]
-        else f"not seen running yet; a failover reasons from {doc['reference']}, the last primary seen running"
-    )
-    print(f"Term {doc['term']}: primary {doc['primary']} ({seen})")
-    print(f"synchronous_standby_names of the committed rule: {doc['synchronous_standby_names']}")
-    rows = [
-        [r["member"], r["zone"], r["host"], r["role"], r["cohort"], r["sync_state"], r["lag_bytes"], r["seen_revision"]]
-        for r in doc["members"]
-    ]
-    print(_table(["Member", "Zone", "Host", "Role", "Cohort", "Sync state", "Lag (bytes)", "Seen revision"], rows))
+    print(json.dumps(doc, indent=2) if args.json else report.status_text(doc))
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    if args.terms:
-        return _term_history(args)
-    entries = _store(args).history()
-    if args.json:
-        print(json.dumps([{"revision": rev, **core.to_record(rs)} for rev, rs in entries], indent=2))
-        return 0
-    rows = [[rs.version, rev, rs.phase, rs.show(), rs.reason, rs.changed_by, rs.changed_at] for rev, rs in entries]
-    print(_table(["Version", "Revision", "Phase", "Rule", "Change", "By", "At"], rows))
-    return 0
-
-
-def _term_history(args: argparse.Namespace) -> int:
     store = _store(args)
-    terms = store.term_history()
-    seen = {c.term: c for _, c in store.confirmation_history()}
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {"revision": rev, **term_record(t),
-                     "confirmed": confirmation_record(seen[t.term]) if t.term in seen else None}
-                    for rev, t in terms
-                ],
-                indent=2,
-            )
-        )  # fmt: skip
+    if args.terms:
+        terms, seen = store.term_history(), store.confirmation_history()
+        doc = report.term_history_document(terms, seen)
+        print(json.dumps(doc, indent=2) if args.json else report.term_history_text(terms, seen))
         return 0
-
-    def running(t: Term) -> str:
-        c = seen.get(t.term)
-        if c is None:
-            return "never seen running" if any(n > t.term for n in seen) else "-"
-        return f"{c.at or 'at init'}" + (f" (timeline {c.timeline.id})" if c.timeline else "")
-
-    rows = [
-        [t.term, rev, t.primary, t.ruleset_revision or "-", format_lsn(t.lsn) if t.lsn is not None else "-",
-         t.decided_by, t.at, running(t), t.forced or "-"]
-        for rev, t in terms
-    ]  # fmt: skip
-    print(
-        _table(
-            ["Term", "Revision", "Primary", "Ruleset rev", "LSN", "Decided by", "At", "Seen running", "Forced"], rows
-        )
-    )
+    entries = store.history()
+    print(json.dumps(report.history_document(entries), indent=2) if args.json else report.history_text(entries))
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    actor = assembly.actor()
-    done = _store(args).restore(actor=actor, writer=protocol.new_writer(actor), now=protocol.now())
-    for what in done:
+    for what in commands.restore(_config(args)):
         print(f"restored {what}")
     return 0
 
@@ -265,42 +152,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    from pgcohort import api, sidecar
-
     cfg = _config(args, need=("node.name",))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {cfg['node.name']} %(levelname)s %(message)s")
-    car = assembly.sidecar(cfg)
-    host, _, port = cfg["sidecar.listen"].rpartition(":")
-    try:
-        tls = (
-            api.tls_context(cfg["sidecar.tls_cert"], cfg["sidecar.tls_key"], cfg["sidecar.tls_client_ca"])
-            if cfg["sidecar.tls_cert"]
-            else None
-        )
-    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-        raise InvalidInputError(
-            f"cannot use sidecar.tls_cert/tls_key/tls_client_ca: {e}; nothing was started"
-        ) from None
-    try:
-        server = api.serve(car, host.strip("[]") or "127.0.0.1", int(port), tls=tls)
-    except (OSError, ValueError) as e:
-        raise InvalidInputError(f"cannot listen on {cfg['sidecar.listen']!r}: {e}") from None
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    leaving = threading.Event()
-    sidecar.install_signal_handlers(car, leaving)
-    logging.info(
-        "sidecar for %s: %s://%s/health, etcd %s",
-        car.settings.name,
-        "https" if tls else "http",
-        cfg["sidecar.listen"],
-        ", ".join(cfg["etcd.endpoints"]),
-    )
-    car.run()
-    server.shutdown()
-    if leaving.is_set() and cfg["sidecar.leave_on_stop"]:
-        logging.info("SIGTERM: %s", sidecar.leave(car.store, car.settings.name, timeout=car.settings.leave_timeout))
-    elif leaving.is_set():
-        logging.info("SIGTERM: stopped; %s stays in the cohort (`pgcohort leave` removes it)", car.settings.name)
+    logging.info("%s", commands.sidecar(cfg))
     return 0
 
 
@@ -332,113 +186,23 @@ def _report_gate(outcome: gate.Outcome, promoted: bool) -> None:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    candidate = args.candidate or cfg["node.name"]
-    if not candidate:
-        raise InvalidInputError("gate needs --candidate (or node.name in --config): the node about to be promoted")
-    store = assembly.store(cfg)
-    started, term, reason = time.monotonic(), None, ""
-    result: Result = "refused"
-    try:
-        try:
-            store.read_both()
-        except NotInitializedError as e:
-            rc = _unmanaged(cfg, store, candidate, e)
-            result = "unmanaged"
-            return rc
-        actor = os.environ.get("PGCOHORT_ACTOR") or f"gate@{candidate}"  # under Patroni: no USER, no arguments
-        verdict: gate.Outcome | str
-        if args.allow_data_loss:  # by hand: a forced term; the HA manager's hook then sees it names the candidate
-            verdict = gate.gate(
-                store,
-                assembly.connector(cfg),
-                actor=actor,
-                writer=protocol.new_writer(actor),
-                candidate=candidate,
-                allow_data_loss=True,
-            )
-        else:
-            verdict = gate.pre_promote(
-                store,
-                assembly.connector(cfg),
-                candidate=candidate,
-                actor=actor,
-                writer=protocol.new_writer(actor),
-                wording=assembly.wording(cfg),
-            )
-        if isinstance(verdict, str):
-            print(verdict)
-            result = "own-term"
-        else:
-            _report_gate(verdict, promoted=False)
-            result, term = ("forced" if verdict.term.forced else "allowed"), verdict.term.term
-        return 0
-    except PgcohortError as e:
-        reason = str(e).splitlines()[0][:300]
-        raise
-    finally:
-        _record_decision(
-            store, GateDecision(candidate, result, time.monotonic() - started, protocol.now(), term, reason)
-        )
-
-
-def _record_decision(store: EtcdStore, d: GateDecision) -> None:
-    """Best effort: the decision is status for people and metrics; failing to record it changes nothing."""
-    try:
-        store.record_decision(d)
-    except PgcohortError as e:
-        print(f"pgcohort gate: the decision was not recorded ({e})", file=sys.stderr)
-
-
-def _unmanaged(cfg: config.Config, store: EtcdStore, candidate: str, missing: NotInitializedError) -> int:
-    """The gate for a cluster with no ruleset: never silently unprotected (docs/patroni.md)."""
-    managed_by = assembly.patroni_managed_by(cfg, store)
-    if managed_by:
-        raise RefusedError(
-            f"promotion of {candidate} vetoed: Patroni's configuration says pgcohort manages this cluster at "
-            f"{managed_by}, but there is no ruleset at {store.root}. The cluster name or etcd.prefix in this "
-            "node's pgcohort configuration is wrong (fix it), or the ruleset was deleted (restore it with "
-            "`pgcohort init --from-patroni URL`)"
-        )
-    if cfg["gate.unmanaged"] == "allow":
-        print(
-            f"pgcohort gate: WARNING: no ruleset at {store.root}; {candidate} is promoted WITHOUT pgcohort's "
-            "check (gate.unmanaged: allow). Run `pgcohort init --from-patroni URL` to protect this cluster",
-            file=sys.stderr,
-        )
-        return 0
-    raise RefusedError(
-        f"promotion of {candidate} vetoed: {missing}. Without a ruleset the gate cannot check that {candidate} "
-        "holds every acknowledged write. If pgcohort does not manage this cluster yet, run `pgcohort init "
-        "--from-patroni URL` (or set gate.unmanaged: allow to let Patroni promote alone until then); if the "
-        "cluster name or etcd.prefix is wrong, fix it in this node's pgcohort configuration"
-    )
+    verdict = commands.gate_check(_config(args), args.candidate, allow_data_loss=args.allow_data_loss)
+    if verdict.warning:
+        print(verdict.warning, file=sys.stderr)
+    if verdict.message:
+        print(verdict.message)
+    if verdict.outcome is not None:
+        _report_gate(verdict.outcome, promoted=False)
+    return 0
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    if config.adapter(_config(args)) == "patroni":
-        raise RefusedError(
-            "on Patroni, Patroni promotes: use `patronictl failover` or `patronictl switchover`; pgcohort's gate "
-            "runs as Patroni's pre_promote and vetoes an unsafe candidate. Nothing was changed"
-        )
-    cfg = _config(args)
-    outcome = gate.failover(
-        assembly.store(cfg),
-        assembly.connector(cfg),
-        actor=assembly.actor(),
-        writer=protocol.new_writer(assembly.actor()),
-        candidate=args.candidate,
-        allow_data_loss=args.allow_data_loss,
-    )
-    _report_gate(outcome, promoted=True)
+    _report_gate(commands.failover(_config(args), args.candidate, allow_data_loss=args.allow_data_loss), promoted=True)
     return 0
 
 
 def cmd_leave(args: argparse.Namespace) -> int:
-    from pgcohort import sidecar
-
-    cfg = _config(args, need=("node.name",))
-    print(sidecar.leave(assembly.store(cfg), cfg["node.name"], timeout=cfg["sidecar.leave_timeout"]))
+    print(commands.leave(_config(args, need=("node.name",))))
     return 0
 
 

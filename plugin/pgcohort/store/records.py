@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pgcohort.core.ruleset import Ruleset, check_written_by_protocol, decode, encode, restoration
+from pgcohort.core.ruleset import Ruleset, check_written_by_protocol, decode, encode
 from pgcohort.core.term import (
     Confirmation,
     Term,
@@ -23,7 +23,6 @@ from pgcohort.core.term import (
     decode_term,
     encode_confirmation,
     encode_term,
-    term_restoration,
 )
 from pgcohort.errors import (
     ConflictError,
@@ -85,7 +84,7 @@ class Records:
         check_written_by_protocol(rs.version, int(kv.get("version", 0)), "version", where)
         return Snapshot(rs, rev)
 
-    def _term(self, kv: dict[str, Any], confirmed: dict[str, Any] | None = None) -> TermSnapshot:
+    def term_of(self, kv: dict[str, Any], confirmed: dict[str, Any] | None = None) -> TermSnapshot:
         rev = Revision(int(kv["mod_revision"]))
         where = f"{self.term_key} (revision {rev})"
         term = decode_term(unb64(kv.get("value", "")), where)
@@ -106,12 +105,12 @@ class Records:
 
     def read_both(self) -> tuple[Snapshot, TermSnapshot]:
         """The ruleset, the term and its confirmation at one revision: one read-only (linearizable) transaction."""
-        ruleset, term, confirmed = self._raw_both("run `pgcohort init` for this cluster first")
-        snap, now = self.snapshot(ruleset), self._term(term, confirmed)
+        ruleset, term, confirmed = self.raw("run `pgcohort init` for this cluster first")
+        snap, now = self.snapshot(ruleset), self.term_of(term, confirmed)
         check_pair(snap.ruleset, now.term, f"{self.root} (revision {snap.revision})")
         return snap, now
 
-    def _raw_both(self, if_missing: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    def raw(self, if_missing: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
         """The ruleset's, the term's and the confirmation's kvs at one revision (one linearizable transaction).
 
         The confirmation is None in a cluster initialized before confirmations existed.
@@ -124,15 +123,15 @@ class Records:
         return ruleset[0], term[0], (confirmed[0] if confirmed else None)
 
     def history(self) -> list[tuple[Revision, Ruleset]]:
-        return self._audit("history/0", decode)  # version keys, not history/term-*
+        return self.audit("history/0", decode)  # version keys, not history/term-*
 
     def term_history(self) -> list[tuple[Revision, Term]]:
-        return self._audit("history/term-", decode_term)
+        return self.audit("history/term-", decode_term)
 
     def confirmation_history(self) -> list[tuple[Revision, Confirmation]]:
-        return self._audit("history/confirmed-", decode_confirmation)
+        return self.audit("history/confirmed-", decode_confirmation)
 
-    def _audit(
+    def audit(
         self, prefix: str, decoder: Callable[[bytes, str], T], *, skip_invalid: bool = False
     ) -> list[tuple[Revision, T]]:
         kvs, _ = self.transport.range(self.root + prefix, prefix=True)
@@ -146,95 +145,6 @@ class Records:
                 if not skip_invalid:
                     raise InvalidRecordError(str(e), record="history") from None
         return out
-
-    # --- repair -----------------------------------------------------------------------------
-
-    def restore(self, *, actor: str, writer: str, now: str) -> list[str]:
-        """Where the ruleset, term or confirmation is invalid, commit its newest valid history entry again.
-
-        One CAS on all three. Returns what was restored. RefusedError if every record is valid
-        (nothing is written).
-        """
-        rs_kv, term_kv, confirmed_kv = self._raw_both(
-            "nothing to restore (a deleted key cannot be restored through the protocol; run `pgcohort init` "
-            "for a new cluster)"
-        )
-        term: Term | None = None
-        problems: dict[str, str] = {}
-        try:
-            term = self._term(term_kv).term
-        except InvalidRecordError as e:
-            problems["term"] = str(e)
-        try:
-            snap = self.snapshot(rs_kv)
-            if term is not None:
-                check_pair(snap.ruleset, term, self.root)
-        except InvalidRecordError as e:
-            problems["ruleset"] = str(e)
-        if term is not None and confirmed_kv is not None:
-            try:
-                self._term(term_kv, confirmed_kv)
-            except InvalidRecordError as e:
-                problems["confirmation"] = str(e)
-        if not problems:
-            raise RefusedError(
-                f"nothing to restore: the ruleset, term and confirmation under {self.root} are valid; nothing was "
-                "changed"
-            )
-        success, done = [], []
-        if term is None:
-            terms = [t for _, t in self._audit("history/term-", decode_term, skip_invalid=True)]
-            term = term_restoration(terms, int(term_kv.get("version", 0)), decided_by=actor, now=now, writer=writer)
-            success += [put(self.term_key, encode_term(term)), put(self.term_history_key(term.term), encode_term(term))]
-            done.append(f"term {term.term} (primary {term.primary}, from the term history)")
-        if "ruleset" in problems or "term" in problems:
-            try:
-                check_pair(
-                    self.snapshot(rs_kv).ruleset, term, self.root
-                )  # the ruleset may be fine with the restored term
-            except InvalidRecordError:
-                rulesets = [r for _, r in self._audit("history/0", decode, skip_invalid=True)]
-                rs = restoration(
-                    rulesets,
-                    term.primary,
-                    int(rs_kv.get("version", 0)),
-                    changed_by=actor,
-                    now=now,
-                    writer=writer,
-                    problem=problems.get("ruleset", problems.get("term", "")),
-                )
-                success += [put(self.ruleset_key, encode(rs)), put(self.history_key(rs.version), encode(rs))]
-                done.insert(0, f"ruleset version {rs.version}: {rs.show()} ({rs.reason})")
-        if confirmed_kv is not None and ("confirmation" in problems or "term" in problems):
-            confirmation = self._confirmation_restoration(term)
-            success.append(put(self.confirmed_key, encode_confirmation(confirmation)))
-            done.append(
-                f"the confirmation of term {confirmation.term} (primary {confirmation.primary}, from its history)"
-            )
-        compare = [
-            mod_equals(self.ruleset_key, int(rs_kv["mod_revision"])),
-            mod_equals(self.term_key, int(term_kv["mod_revision"])),
-            mod_equals(self.confirmed_key, int(confirmed_kv["mod_revision"]) if confirmed_kv else 0),
-        ]
-        ok, _ = self.transport.txn(compare, success, [])
-        if not ok:
-            raise ConflictError("the ruleset or term changed while restoring; nothing was written. Run restore again")
-        return done
-
-    def _confirmation_restoration(self, term: Term) -> Confirmation:
-        """The newest recorded confirmation that the (restored) term can stand on: never a term later than it."""
-        for _, c in sorted(
-            self._audit("history/confirmed-", decode_confirmation, skip_invalid=True), key=lambda rc: -rc[1].term
-        ):
-            try:
-                check_confirmation(term, c, self.root)
-            except InvalidRecordError:
-                continue
-            return c
-        raise RefusedError(
-            f"no valid confirmation in the history fits term {term.term}; nothing was changed. Restore "
-            f"{self.confirmed_key} by hand from a backup, naming the last primary seen running"
-        )
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -324,7 +234,7 @@ class Records:
         if not isinstance(done, _Lost):
             return done
         if done.ours is not None:
-            latest = self._term(done.current).term if done.current else None
+            latest = self.term_of(done.current).term if done.current else None
             by = f"term {latest.term} (primary {latest.primary}, decided by {latest.decided_by})" if latest else "?"
             raise SupersededError(
                 f"term {term.term} naming {term.primary} was committed at revision {done.ours['mod_revision']}, "
