@@ -10,10 +10,14 @@ promotion (a term whose primary never ran). Larger bounds:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+
 import pytest
 
 from tests.model.check import CI, LIFT
-from tests.model.protocol_model import Checker
+from tests.model.protocol_model import Bound, Checker, Result
 
 # Each weakening, the bound that exposes it, and what the counterexample must show.
 WEAKENED = {
@@ -28,18 +32,33 @@ WEAKENED = {
 }
 
 
+def _explore(bound: Bound, weakenings: frozenset[str]) -> Result:
+    return Checker(bound, weakenings).explore()
+
+
+@pytest.fixture(scope="module")
+def explored() -> Iterator[dict[str, Future[Result]]]:
+    """Every exploration of this module, started at once on every core (each is CPU-bound and independent);
+    the longest first, so the runs finish together."""
+    jobs = {f"safe:{c}": (CI[c], frozenset[str]()) for c in ("policy", "remove", "add", "term")} | {
+        f"weak:{w}": (bound, frozenset({w})) for w, (bound, _) in WEAKENED.items()
+    }
+    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        yield {name: pool.submit(_explore, *job) for name, job in jobs.items()}
+
+
 @pytest.mark.parametrize("change", sorted(CI))
-def test_every_reachable_state_is_safe(change: str) -> None:
-    result = Checker(CI[change]).explore()
+def test_every_reachable_state_is_safe(change: str, explored: dict[str, Future[Result]]) -> None:
+    result = explored[f"safe:{change}"].result()
     print(f"\n  {change} {CI[change]}: {result.show()}")
     assert result.violation is None, result.show()
     assert result.states > 10_000, "the model explored suspiciously little"
 
 
 @pytest.mark.parametrize("weakening", sorted(WEAKENED))
-def test_each_weakening_has_a_shortest_counterexample(weakening: str) -> None:
-    bound, expected = WEAKENED[weakening]
-    result = Checker(bound, frozenset({weakening})).explore()
+def test_each_weakening_has_a_shortest_counterexample(weakening: str, explored: dict[str, Future[Result]]) -> None:
+    _, expected = WEAKENED[weakening]
+    result = explored[f"weak:{weakening}"].result()
     print(f"\n  {weakening}: {result.show()}")
     assert result.violation is not None, f"{weakening} was not found: the model does not protect this rule"
     assert expected in result.violation, result.show()
