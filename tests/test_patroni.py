@@ -203,7 +203,11 @@ def test_kill_of_the_primary_fails_over_through_the_gate_and_keeps_every_acknowl
     assert not missing, f"{len(missing)} acknowledged writes lost"
     survivor = next(n for n in others if n != new)
     patroni.wait_streaming([survivor], 60)  # Patroni repointed it: nothing left behind by the gate
-    assert sql_one(patroni.agents[survivor].dsn, "SELECT count(*) FROM pg_stat_wal_receiver") == 1
+    patroni.wait(  # its WAL receiver may restart once more while Patroni settles: wait, do not sample
+        f"{survivor}'s WAL receiver",
+        lambda: sql_one(patroni.agents[survivor].dsn, "SELECT count(*) FROM pg_stat_wal_receiver") == 1,
+        30,
+    )
     assert auto_conf_setting(patroni, survivor) == 0
     # The sidecar beside the new primary renders the rule for it, through Patroni's config.
     want = f"ANY 1 ({', '.join(sorted({leader, survivor}))})"

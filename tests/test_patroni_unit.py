@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pgcohort import config
+from pgcohort import assembly, config
 from pgcohort.errors import InvalidInputError
 from pgcohort.seams import Revision
 from pgcohort.store.patroni import DynamicConfig
@@ -50,7 +50,10 @@ def test_the_adapter_is_chosen_by_configuration() -> None:
     assert config.adapter(config.load({"cluster": "c"}, env={})) == "postgres"
     assert config.adapter(config.load({"cluster": "c"}, env={"PGCOHORT_PATRONI_URL": "http://h:8008"})) == "patroni"
     assert config.adapter(config.load({"cluster": "c"}, env={"PGCOHORT_SIDECAR_ADAPTER": "patroni"})) == "patroni"
-    with pytest.raises(InvalidInputError, match="sidecar.adapter .* expected one of auto, postgres, patroni"):
-        config.load({"cluster": "c"}, env={"PGCOHORT_SIDECAR_ADAPTER": "stolon"})
+    # Any registered adapter may be named (entry points of group pgcohort.adapters); an unknown one is refused
+    # when it is looked up, with the installed ones listed.
+    stolon = config.load({"cluster": "c"}, env={"PGCOHORT_SIDECAR_ADAPTER": "stolon"})
+    with pytest.raises(InvalidInputError, match=r"no adapter 'stolon' is installed \(installed: .*patroni.*postgres"):
+        assembly.adapter(stolon)
     with pytest.raises(InvalidInputError, match="gate.unmanaged"):
         config.load({"cluster": "c"}, env={"PGCOHORT_GATE_UNMANAGED": "maybe"})
