@@ -21,6 +21,7 @@ cleans up.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -90,6 +91,12 @@ class Demo:
                 f"{name}: GET /ruleset -> revision {body.get('revision')} version {body.get('version')} "
                 f"{body.get('phase')}, cohort {' '.join(body.get('cohort', []))}   /health {health}"
             )
+
+    def member(self, name: str) -> bool:
+        """Whether the committed ruleset counts ``name`` (read with `pgcohort status --json`)."""
+        done = self.pc.pgcohort("status", "--json", check=False)
+        doc = json.loads(done.stdout) if done.returncode == 0 else {}
+        return any(r["member"] == name and r["cohort"] == "member" for r in doc.get("members", []))
 
     def setting(self, name: str) -> str:
         import psycopg
@@ -212,7 +219,11 @@ def main() -> int:
         assert c.sidecar is not None
         note(f"pg2 last saw revision {c.sidecar.get('/ruleset')[1].get('revision')}")
         assert c.sidecar is not None and c.proc is not None
-        c.sidecar.kill()
+        c.sidecar.signal(signal.SIGTERM)  # what `systemctl stop`, a restart or an image upgrade sends
+        c.sidecar.wait_exit(30)
+        still = "still a member" if demo.member("pg2") else "NO LONGER A MEMBER"
+        note(f"pg2's sidecar stopped with SIGTERM: pg2 is {still} (a restart never shrinks the rule; "
+             "`pgcohort leave` scales down)")  # fmt: skip
         c.proc.send_signal(signal.SIGTERM)  # Patroni stops its PostgreSQL on the way out
         demo.wait(
             "pg2 to stop", lambda: c.proc is not None and c.proc.poll() is not None and c.postmaster_pid() is None

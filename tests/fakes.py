@@ -119,5 +119,8 @@ class DelegatingNode:
     def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
         self.node.promote(timeout=timeout, setting=setting)
 
+    def prepare(self, setting: Desired, *, timeout: int = 60) -> None:
+        self.node.prepare(setting, timeout=timeout)
+
     def close(self) -> None:
         self.node.close()

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from tests.conftest import need_servers
+from tests.conftest import need, need_servers
+from tests.repmgr import REPMGRD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,9 +41,16 @@ def bench(name: str, *args: str) -> str:
             ["propagation p99", "cost per added cluster", "target <= 1.5x", "cost per change"],
         ),
         ("apply", ("--rounds", "2", "--idle", "1"), ["add -> primary enforces", "watch", "finalize"]),
+        (
+            "repmgr_failover",
+            ("--rounds", "1", "--veto-rounds", "1"),
+            ["writable p50 ratio", "target <= 1.1x", "one veto costs p50"],
+        ),
     ],
 )
 def test_a_bench_runs_and_prints_its_targets(name: str, args: tuple[str, ...], expected: list[str]) -> None:
+    if name == "repmgr_failover":
+        need(REPMGRD, "repmgrd (Debian's postgresql-15-repmgr)")
     out = bench(name, *args)
     for text in expected:
         assert text in out, out

@@ -33,6 +33,7 @@ def test_the_demo_tells_the_story_and_loses_nothing() -> None:
         "adopted Patroni scope 'demo'",  # 1. adoption
         "tags in Patroni: {'zone': 'zone-b', 'nofailover': True}",  # 2. not a member yet
         "committed version 2",  # 2. the add
+        "pg2 is still a member",  # 3. a sidecar stopped with SIGTERM keeps its member
         "pg2: (sidecar down)",  # 3. down while two changes commit
         "pg2's pre_promote" if "pg2's pre_promote" in out else "pg1's pre_promote",  # 4. a veto, with its reason
         "behind pg3",

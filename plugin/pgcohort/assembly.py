@@ -3,9 +3,9 @@
 The sidecar and the gate are written against :mod:`pgcohort.seams`; this module decides
 that the store is etcd (:class:`pgcohort.store.EtcdStore`) and which HA manager's adapter
 drives the node: the :class:`Adapter` registered under the name ``sidecar.adapter`` gives
-(entry points, group ``pgcohort.adapters``: ``postgres``, ``patroni``). Adapters, metrics and
-the sidecar are loaded only by the functions that build them, so that ``pgcohort status`` or
-``add`` does not load psycopg or prometheus_client.
+(entry points, group ``pgcohort.adapters``: ``postgres``, ``patroni``, ``repmgr``). Adapters,
+metrics and the sidecar are loaded only by the functions that build them, so that
+``pgcohort status`` or ``add`` does not load psycopg or prometheus_client.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pgcohort.config import adapter as adapter_name
 from pgcohort.core.failover import Wording
 from pgcohort.core.rules import Member
 from pgcohort.errors import InvalidInputError, RefusedError
-from pgcohort.seams import Node
+from pgcohort.seams import Hook, Node
 from pgcohort.store import EtcdStore, Security
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ class Adapter(Protocol):
 
     name: str
     wording: Wording  # how refusals' remedies tell the operator to promote someone else
+    hook: Hook  # how the HA manager runs `pgcohort gate` before promoting (Patroni's pre_promote: the defaults)
+    adoption: str  # the command that puts an existing cluster under pgcohort, for messages
 
     def node(self, cfg: Config, store: EtcdStore) -> Node:
         """This node's database, driven through the HA manager (the sidecar's)."""

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from pgcohort import assembly, commands, config, gate, protocol, report
 from pgcohort.core import ruleset as core
@@ -51,10 +51,16 @@ def _store(args: argparse.Namespace) -> EtcdStore:
 
 def cmd_init(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.from_patroni and args.from_repmgr:
+        raise InvalidInputError("init adopts one cluster: pass --from-patroni URL or --from-repmgr CONNINFO, not both")
     if args.from_patroni:
         lines = commands.adopt(cfg, "patroni", args.from_patroni, args.policy)
+    elif args.from_repmgr:
+        lines = commands.adopt(cfg, "repmgr", args.from_repmgr, args.policy)
     elif not args.member or not args.primary:
-        raise InvalidInputError("init needs --member (one per member) and --primary, or --from-patroni URL")
+        raise InvalidInputError(
+            "init needs --member (one per member) and --primary, or --from-patroni URL, or --from-repmgr CONNINFO"
+        )
     else:
         lines = commands.init(cfg, args.member, args.primary, args.policy)
     print("\n".join(lines))
@@ -158,41 +164,47 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_gate(outcome: gate.Outcome, promoted: bool) -> None:
+def _report_gate(outcome: gate.Outcome, promoted: bool, out: TextIO | None = None) -> None:
+    def say(line: str) -> None:
+        print(line, file=out or sys.stdout)
+
     t = outcome.term
     based_on = outcome.based_on
     if based_on is not None and outcome.reference != based_on.term.primary:
-        print(
+        say(
             f"reasoned from {outcome.reference}, the last primary seen running: term {based_on.term.term} named "
             f"{based_on.term.primary}, which was never seen running as a primary"
         )
-    print(str(outcome.decision))
+    say(str(outcome.decision))
     if outcome.survey.unreachable:
         for name, why in sorted(outcome.survey.unreachable.items()):
-            print(f"  unreachable {name}: {why}")
+            say(f"  unreachable {name}: {why}")
     stale = f" after {outcome.attempts - 1} stale view(s) re-read" if outcome.attempts > 1 else ""
-    print(
+    say(
         f"term {t.term} committed at revision {outcome.term_revision}{stale}: primary {t.primary} (ruleset revision {t.ruleset_revision})"
     )
     if t.forced:
-        print(f"FORCED: {t.forced}")
-    print(f"promoted {t.primary}" if promoted else f"{t.primary} may now be promoted")
-    if promoted:
+        say(f"FORCED: {t.forced}")
+    say(f"promoted {t.primary}" if promoted else f"{t.primary} may now be promoted")
+    if promoted or outcome.followers:
         repointed = sorted(set(outcome.survey.positions) - {t.primary} - set(outcome.followers))
-        if repointed:
-            print(f"following {t.primary} again: {', '.join(repointed)}")
+        if repointed and promoted:
+            say(f"following {t.primary} again: {', '.join(repointed)}")
         for name, why in sorted(outcome.followers.items()):
-            print(f"  NOT repointed {name}: {why}; set its primary_conninfo to {t.primary} by hand")
+            say(f"  NOT repointed {name}: {why}; set its primary_conninfo to {t.primary} by hand")
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
     verdict = commands.gate_check(_config(args), args.candidate, allow_data_loss=args.allow_data_loss)
+    out = sys.stderr if verdict.one_line else sys.stdout  # one line: the HA manager reads no more (repmgr)
     if verdict.warning:
         print(verdict.warning, file=sys.stderr)
     if verdict.message:
-        print(verdict.message)
+        print(verdict.message, file=out)
     if verdict.outcome is not None:
-        _report_gate(verdict.outcome, promoted=False)
+        _report_gate(verdict.outcome, promoted=False, out=out)
+    if verdict.one_line:
+        print(verdict.line(), flush=True)  # the last thing written: nothing meets the pipe the reader closed
     return 0
 
 
@@ -242,7 +254,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add(
         "init",
-        "create the ruleset (version 1) and term 1 naming the primary, if none exist; or adopt a Patroni cluster",
+        "create the ruleset (version 1) and term 1 naming the primary, if none exist; or adopt a Patroni or repmgr "
+        "cluster",
         cmd_init,
     )
     sp.add_argument(
@@ -258,6 +271,13 @@ def parser() -> argparse.ArgumentParser:
         help="take the members (running and streaming; zone from the 'zone' tag) and the leader from Patroni's "
         "REST API, and switch Patroni from its synchronous_mode to the rendered setting in the same etcd "
         "transaction (no moment of asynchronous commits)",
+    )
+    sp.add_argument(
+        "--from-repmgr",
+        metavar="CONNINFO",
+        help="take the members (active, streaming from the primary; zone from repmgr's location) and the primary "
+        "from repmgr's metadata (repmgr.nodes) on the node CONNINFO reaches, give the standbys left out "
+        "priority 0 in repmgr.nodes, and leave the setting to the primary's sidecar",
     )
     sp.add_argument("--policy", default="any 1", help="'any K' or 'cross-zone' (default: any 1)")
 
@@ -314,8 +334,10 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add(
         "gate",
-        "for an HA manager's pre-promote hook (Patroni's pre_promote): exit 0 only if the candidate is the primary "
-        "the current term names, or the failover rule allows promoting it and the new term naming it is committed",
+        "for an HA manager's pre-promote hook (Patroni's pre_promote, repmgr's failover_validation_command): exit "
+        "0 only if the candidate is the primary the current term names, or the failover rule allows promoting it "
+        "and the new term naming it is committed (under repmgr also: the rule in force on it, the surveyed members "
+        "repointed to it; a refused candidate gets the member the rule allows promoted instead, and still exit 3)",
         cmd_gate,
     )
     sp.add_argument("--candidate", help="the member about to be promoted (default: node.name)")

@@ -58,11 +58,25 @@ def restore(cfg: Config) -> list[str]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What ``pgcohort gate`` decided: the outcome (a new term), or a message (no new term), and a warning."""
+    """What ``pgcohort gate`` decided: the outcome (a new term), or a message (no new term), and a warning.
+
+    ``one_line``: the HA manager reads one line of the hook's stdout (``Hook.one_line``): the CLI prints the
+    report on stderr and :meth:`line` on stdout, last.
+    """
 
     outcome: gate.Outcome | None = None
     message: str = ""
     warning: str = ""
+    one_line: bool = False
+
+    def line(self) -> str:
+        """The decision in one line."""
+        if self.outcome is not None:
+            t = self.outcome.term
+            return f"pgcohort gate: allowed: {t.primary} may be promoted (term {t.term} committed)"
+        if self.message:
+            return "pgcohort gate: allowed: " + self.message.splitlines()[0]
+        return self.warning.splitlines()[0]
 
 
 def gate_check(cfg: Config, candidate: str | None, *, allow_data_loss: bool = False) -> Verdict:
@@ -82,7 +96,7 @@ def gate_check(cfg: Config, candidate: str | None, *, allow_data_loss: bool = Fa
         except NotInitializedError as e:
             warning = _unmanaged(cfg, store, name, e)
             result = "unmanaged"
-            return Verdict(warning=warning)
+            return Verdict(warning=warning, one_line=assembly.adapter(cfg).hook.one_line)
         actor = os.environ.get("PGCOHORT_ACTOR") or f"gate@{name}"  # under Patroni: no USER, no arguments
         writer, adapter = protocol.new_writer(actor), assembly.adapter(cfg)
         if allow_data_loss:  # by hand: a forced term; the HA manager's hook then sees it names the candidate
@@ -91,14 +105,16 @@ def gate_check(cfg: Config, candidate: str | None, *, allow_data_loss: bool = Fa
                 wording=adapter.wording,
             )  # fmt: skip
         else:
-            verdict = gate.pre_promote(
-                store, adapter.connector(cfg), candidate=name, actor=actor, writer=writer, wording=adapter.wording
-            )
+            connect, hook = adapter.connector(cfg), adapter.hook
+            decide = gate.steer if hook.steer else gate.pre_promote  # steer: the HA manager re-elects after a veto
+            verdict = decide(store, connect, candidate=name, actor=actor, writer=writer, wording=adapter.wording)
+            if hook.hand_over and isinstance(verdict, gate.Outcome):  # the HA manager promotes it as it is
+                verdict = gate.hand_over(verdict, connect)
         if isinstance(verdict, str):
             result = "own-term"
-            return Verdict(message=verdict)
+            return Verdict(message=verdict, one_line=adapter.hook.one_line)
         result, term = ("forced" if verdict.term.forced else "allowed"), verdict.term.term
-        return Verdict(outcome=verdict)
+        return Verdict(outcome=verdict, one_line=adapter.hook.one_line)
     except PgcohortError as e:
         reason = str(e).splitlines()[0][:300]
         raise
@@ -111,24 +127,25 @@ def gate_check(cfg: Config, candidate: str | None, *, allow_data_loss: bool = Fa
 
 def _unmanaged(cfg: Config, store: EtcdStore, candidate: str, missing: NotInitializedError) -> str:
     """The gate for a cluster with no ruleset: never silently unprotected (docs/patroni.md); the warning."""
-    managed_by = assembly.adapter(cfg).managed_by(cfg, store)
+    chosen = assembly.adapter(cfg)
+    managed_by, init = chosen.managed_by(cfg, store), chosen.adoption
     if managed_by:
         raise RefusedError(
             f"promotion of {candidate} vetoed: the HA manager's configuration says pgcohort manages this cluster at "
             f"{managed_by}, but there is no ruleset at {store.root}. The cluster name or etcd.prefix in this "
             "node's pgcohort configuration is wrong (fix it), or the ruleset was deleted (restore it with "
-            "`pgcohort init --from-patroni URL`)"
+            f"`{init}`)"
         )
     if cfg["gate.unmanaged"] == "allow":
         return (
             f"pgcohort gate: WARNING: no ruleset at {store.root}; {candidate} is promoted WITHOUT pgcohort's "
-            "check (gate.unmanaged: allow). Run `pgcohort init --from-patroni URL` to protect this cluster"
+            f"check (gate.unmanaged: allow). Run `{init}` to protect this cluster"
         )
     raise RefusedError(
         f"promotion of {candidate} vetoed: {missing}. Without a ruleset the gate cannot check that {candidate} "
-        "holds every acknowledged write. If pgcohort does not manage this cluster yet, run `pgcohort init "
-        "--from-patroni URL` (or set gate.unmanaged: allow to let the HA manager promote alone until then); if "
-        "the cluster name or etcd.prefix is wrong, fix it in this node's pgcohort configuration"
+        f"holds every acknowledged write. If pgcohort does not manage this cluster yet, run `{init}` (or set "
+        "gate.unmanaged: allow to let the HA manager promote alone until then); if the cluster name or "
+        "etcd.prefix is wrong, fix it in this node's pgcohort configuration"
     )
 
 

@@ -94,7 +94,7 @@ SCHEMA: tuple[Setting, ...] = (
         ("sidecar", "adapter"),
         str,
         "auto",
-        "what manages the node: a registered adapter (postgres, patroni; entry points of group "
+        "what manages the node: a registered adapter (postgres, patroni, repmgr; entry points of group "
         "pgcohort.adapters), or auto (patroni when patroni.url is set, else postgres)",
     ),
     Setting(("patroni", "url"), str, None, "this node's Patroni REST API (restapi.connect_address)"),
@@ -110,6 +110,20 @@ SCHEMA: tuple[Setting, ...] = (
         None,
         "USER:PASSWORD for Patroni's REST API (restapi.authentication)",
         secret=True,
+    ),
+    Setting(
+        ("repmgr", "dbname"),
+        str,
+        "repmgr",
+        "database holding repmgr's metadata (repmgr.nodes, repmgr.events), reached with postgres.dsn and "
+        "postgres.member_options and this dbname",
+    ),
+    Setting(
+        ("repmgr", "config_file"),
+        str,
+        None,
+        "this node's repmgr.conf: its 'priority' is what the sidecar gives the node back in repmgr.nodes while it "
+        "is a member (non-members get 0; without the file, 100)",
     ),
     Setting(
         ("gate", "unmanaged"),

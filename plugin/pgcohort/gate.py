@@ -20,7 +20,10 @@
    orchestrator decided first: stop, so that exactly one promotion happens. If our own term
    committed and was then superseded, stop too and say so.
 5. Only after the term is committed is the candidate promoted (:func:`failover`); the
-   gate alone (:func:`gate`) is what an HA manager's pre-promote hook calls.
+   gate alone (:func:`gate`, through :func:`pre_promote`) is what an HA manager's pre-promote
+   hook calls. Where the HA manager promotes with the candidate's own setting, the hook puts
+   the rule in force on it first (:func:`hand_over`); where it elects the same candidate again
+   after a veto, a refused hook promotes the member the rule allows itself (:func:`steer`).
 6. After the promotion, :func:`failover` records the term's confirmation and repoints the
    revoked survivors to the new primary (:meth:`Node.follow`, with the connection options
    each had before), so the new rule's standbys stream again and its commits can be
@@ -274,6 +277,14 @@ def pre_promote(
     fenced: refused. Otherwise :func:`gate` decides. Raises RefusedError or ConflictError
     when it must not be promoted.
     """
+    return _before_survey(store, connect, candidate, wording) or gate(
+        store, connect, actor=actor, writer=writer, candidate=candidate, wording=wording
+    )
+
+
+def _before_survey(store: Store, connect: Connect, candidate: str, wording: rule.Wording) -> str | None:
+    """The hook's checks before any survey (:func:`pre_promote`): the message when the candidate takes its own
+    term back, RefusedError while the reference primary still runs as a primary, None when a survey decides."""
     snap, term = store.read_both()
     if candidate == term.term.primary and (term.confirmed or term.term.forced):
         why = "seen running" if term.confirmed else "forced by hand with --allow-data-loss"
@@ -298,7 +309,60 @@ def pre_promote(
                 f"{format_lsn(seen.lsn)}), so it is not fenced and could still acknowledge writes {candidate} "
                 f"lacks. No term was written. {wording.demote}"
             )
-    return gate(store, connect, actor=actor, writer=writer, candidate=candidate, wording=wording)
+    return None
+
+
+def hand_over(outcome: Outcome, connect: Connect) -> Outcome:
+    """Before an HA manager that promotes the allowed candidate itself does so (``Hook.hand_over``, repmgr): the
+    rule rendered for it in force on it (its first commit as a primary waits for the rule, as :func:`failover`
+    promotes), and the members the gate fenced repointed to it, never back to the old primary. A failure raises
+    (the hook vetoes); the term stays unconfirmed, and the next gate reasons from the last primary seen running."""
+    assert outcome.ruleset is not None
+    setting = steps.desired(outcome.ruleset, outcome.ruleset_revision, outcome.candidate, outcome.candidate)
+    node = connect(outcome.member)
+    try:
+        node.prepare(setting)
+    finally:
+        node.close()
+    return replace(outcome, followers=repoint(outcome, connect))
+
+
+def steer(
+    store: Store,
+    connect: Connect,
+    *,
+    candidate: str,
+    actor: str,
+    writer: str,
+    wording: rule.Wording = rule.PLAIN,
+) -> Outcome | str:
+    """:func:`pre_promote` for an HA manager that elects the same candidate again after a veto (``Hook.steer``,
+    repmgr), where a veto alone only buys time.
+
+    When the survey refuses ``candidate`` (behind another member, or not a member), :func:`failover` promotes the
+    member the rule allows, through every step of ``pgcohort failover`` (fence, survey, decision, the term's
+    compare-and-swap, promotion with the rule in force, confirmation, repoint of every surveyed member), and the
+    veto stands, naming it: the HA manager promotes nobody else and follows the new primary. Never allows after
+    promoting another member. When no member is allowed, the first refusal stands; a refusal before any survey
+    (the last primary seen running still runs) is never steered.
+    """
+    own = _before_survey(store, connect, candidate, wording)
+    if own is not None:
+        return own
+    try:
+        return gate(store, connect, actor=actor, writer=writer, candidate=candidate, wording=wording)
+    except RefusedError as e:
+        refused = e
+    try:
+        other = failover(store, connect, actor=actor, writer=writer)
+    except PgcohortError as e:
+        raise RefusedError(f"{refused}\nNo other member was promoted instead: {str(e).splitlines()[0]}") from None
+    stuck = "".join(f"; {n} NOT repointed: {why}" for n, why in sorted(other.followers.items()))
+    raise RefusedError(
+        f"{refused}\nSteered: promoted {other.candidate} instead (term {other.term.term}, with the rule in force) "
+        f"and repointed the members surveyed to it{stuck}. The veto of {candidate} stands, so that the HA manager "
+        "promotes nobody else; it follows the new primary"
+    )
 
 
 def failover(

@@ -212,11 +212,40 @@ class SettingWriter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Hook:
+    """How an HA manager runs ``pgcohort gate`` before it promotes, where that differs from Patroni's ``pre_promote``.
+
+    The defaults are Patroni's: the hook's output is read to its end, a veto makes the HA manager
+    pick again among members it ranks itself, and whatever it promotes gets the rule from
+    Patroni's configuration. Each adapter says which of these does not hold
+    (:class:`pgcohort.assembly.Adapter` ``hook``); the gate and the CLI act on these
+    capabilities only, never on an adapter's name.
+    """
+
+    one_line: bool = False
+    """Only the first line of the hook's stdout is read, then the pipe is closed (repmgr's
+    ``failover_validation_command``): ``pgcohort gate`` writes its report on stderr and one line on
+    stdout, as its very last action, so that no later write meets a closed pipe."""
+
+    hand_over: bool = False
+    """The HA manager promotes the candidate after the hook allows, with whatever setting the candidate
+    holds, and repoints the other standbys itself only later (repmgr): before allowing, the gate puts the
+    rule rendered for the candidate in force on it and repoints the members it surveyed to it
+    (:func:`pgcohort.gate.hand_over`), so its first commit as a primary waits for the rule."""
+
+    steer: bool = False
+    """After a veto the HA manager elects the same candidate again (repmgr: highest received LSN, then
+    priority, then node id), so a veto alone only buys time: when the gate refuses the candidate but the
+    failover rule allows another member, it promotes that member itself through the same path as
+    ``pgcohort failover`` and still vetoes (:func:`pgcohort.gate.steer`); the HA manager then follows it."""
+
+
 class Node(Protocol):
     """One member's database as the sidecar and the gate drive it, whatever the HA manager.
 
-    Implemented for plain PostgreSQL (:mod:`pgcohort.adapters.postgres`) and for a node
-    managed by Patroni (:mod:`pgcohort.adapters.patroni`). Every method
+    Implemented for plain PostgreSQL (:mod:`pgcohort.adapters.postgres`), for a node managed by
+    Patroni (:mod:`pgcohort.adapters.patroni`) and by repmgr (:mod:`pgcohort.adapters.repmgr`). Every method
     raises :class:`pgcohort.errors.PostgresError` subclasses, never a driver's exception.
     """
 
@@ -281,6 +310,11 @@ class Node(Protocol):
     def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
         """Promote and wait until it accepts writes; ``setting`` (rendered for this node from the committed
         ruleset) is in force before the promotion, so its first commit already waits for the rule."""
+        ...
+
+    def prepare(self, setting: Desired, *, timeout: int = 60) -> None:
+        """Put ``setting`` (rendered for this standby from the committed ruleset) in force before the HA manager
+        promotes it (:attr:`Hook.hand_over`), so that its first commit as a primary already waits for the rule."""
         ...
 
     def set_eligible(self, eligible: bool) -> bool:

@@ -348,6 +348,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         'timeout=None, api_path="/v3/"  # MUTATION',
         ("tests/test_gate_faults.py::test_the_gate_refuses_while_etcd_does_not_answer[10 s network delay]",),
     ),
+    # --- issue 24: an HA manager that promotes after the hook, and elects the same candidate again (repmgr) ---------
+    Mutation(
+        "steer-then-allow",
+        "a gate that promoted another member never lets the HA manager promote its own candidate (the veto stands)",
+        "plugin/pgcohort/gate.py",
+        '    stuck = "".join(f"; {n} NOT repointed: {why}" for n, why in sorted(other.followers.items()))\n',
+        "    return other  # MUTATION: allow the HA manager's candidate too, after promoting another member\n",
+        ("tests/test_repmgr.py::test_gated_repmgr_vetoes_the_unsafe_candidate_promotes_the_member_holding_the_write",),
+    ),
+    Mutation(
+        "hand-over-without-the-rule",
+        "a candidate the HA manager promotes itself gets the rule rendered for it in force before the hook allows",
+        "plugin/pgcohort/gate.py",
+        "        node.prepare(setting)\n",
+        "        pass  # MUTATION: the HA manager promotes it with whatever setting it holds\n",
+        ("tests/test_repmgr.py::test_kill_9_of_the_primary_the_gate_allows_a_safe_candidate_and_nothing_is_lost",),
+    ),
     Mutation(
         "shortcut-for-any-former-primary",
         "only the current term's primary takes its leader key back without a survey, not one of an earlier term",

@@ -58,7 +58,7 @@ from pgcohort.core.steps import Desired
 from pgcohort.errors import InvalidInputError, NotInitializedError, PatroniUnreachableError, RefusedError
 from pgcohort.postgres import fence
 from pgcohort.postgres.database import Database
-from pgcohort.seams import Revision
+from pgcohort.seams import Hook, Revision
 from pgcohort.store import EtcdStore
 from pgcohort.store.patroni import PatroniConfigKey
 
@@ -349,6 +349,8 @@ class Patroni:
 
     name = "patroni"
     wording = WORDING
+    hook = Hook()  # pre_promote: its output is read whole, and a veto lets the leader race run again
+    adoption = "pgcohort init --from-patroni URL"
 
     def node(self, cfg: Config, store: EtcdStore) -> PatroniNode:
         return PatroniNode(

@@ -16,6 +16,7 @@ from pgcohort.config import Config
 from pgcohort.core.failover import PLAIN
 from pgcohort.core.rules import Member
 from pgcohort.postgres.database import Database
+from pgcohort.seams import Hook
 from pgcohort.store import EtcdStore
 
 
@@ -40,6 +41,8 @@ class PlainPostgres:
 
     name = "postgres"
     wording = PLAIN
+    hook = Hook()
+    adoption = "pgcohort init --member NAME@HOST:PORT ... --primary NAME"
 
     def node(self, cfg: Config, store: EtcdStore) -> PostgresNode:
         return PostgresNode(cfg["postgres.dsn"])

@@ -107,3 +107,7 @@ class Database:
 
     def promote(self, *, timeout: int = 60, setting: Desired | None = None) -> None:
         fence.promote(self.session, timeout=timeout, setting=setting)
+
+    def prepare(self, setting: Desired, *, timeout: int = 60) -> None:
+        """The rule in force before the HA manager promotes this standby (:func:`pgcohort.postgres.fence.arm`)."""
+        fence.arm(self.session, setting, timeout=timeout)

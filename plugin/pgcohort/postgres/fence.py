@@ -10,7 +10,8 @@
 * With ``keep``, the previous values are kept in ``pgcohort.primary_conninfo`` and
   ``pgcohort.restore_command`` for :func:`follow`; :func:`unfence` resets the fence instead
   (where the configuration file holds the HA manager's own values, as Patroni's does).
-* :func:`promote` promotes with the rule rendered for the node already in force.
+* :func:`promote` promotes with the rule rendered for the node already in force; :func:`arm` puts it in
+  force for an HA manager that promotes the node itself (repmgr).
 """
 
 from __future__ import annotations
@@ -155,21 +156,25 @@ def promote(s: Session, *, timeout: int = 60, setting: Desired | None = None) ->
     sidecar applies the rule. So the setting rendered for it is written and reloaded first.
     """
     if setting is not None:
-        s.query(
-            "set synchronous_standby_names before promoting",
-            sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(setting.setting)),
-        )
-        s.query("reload", "SELECT pg_reload_conf()")
-        deadline = time.monotonic() + timeout
-        while s.query("read the setting", "SELECT current_setting('synchronous_standby_names')")[0][0] != (
-            setting.setting
-        ):
-            if time.monotonic() > deadline:
-                raise NotInForceError(f"{s.where} did not load {setting.setting!r} within {timeout}s")
-            time.sleep(0.01)
+        arm(s, setting, timeout=timeout)
     (row,) = s.query("promote", "SELECT pg_promote(true, %s)", (timeout,))
     if not row[0]:
         raise PostgresUnreachableError(f"{s.where} did not finish promotion within {timeout}s")
+
+
+def arm(s: Session, setting: Desired, *, timeout: int = 60) -> None:
+    """Write ``setting`` on this standby (ALTER SYSTEM, reload) and wait until it shows: what it enforces once
+    promoted, by whoever promotes it."""
+    s.query(
+        "set synchronous_standby_names before promoting",
+        sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(setting.setting)),
+    )
+    s.query("reload", "SELECT pg_reload_conf()")
+    deadline = time.monotonic() + timeout
+    while s.query("read the setting", "SELECT current_setting('synchronous_standby_names')")[0][0] != setting.setting:
+        if time.monotonic() > deadline:
+            raise NotInForceError(f"{s.where} did not load {setting.setting!r} within {timeout}s")
+        time.sleep(0.01)
 
 
 def _history(s: Session, tli: int) -> tuple[wal.Switch, ...]:

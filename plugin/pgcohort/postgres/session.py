@@ -8,10 +8,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgcohort.core.failover import parse_lsn
-from pgcohort.errors import PostgresUnreachableError
+from pgcohort.errors import InvalidInputError, PostgresUnreachableError
 
 LOCK_TIMEOUT = 5.0  # seconds a session waits for a lock (lock_timeout, set once per session)
 Connection = psycopg.Connection[Any]
@@ -31,6 +31,19 @@ def where(dsn: str) -> str:
     if parts.get("service") and not parts.get("host"):
         return f"service {parts['service']}"
     return f"{parts.get('host') or 'local'}:{parts.get('port') or '5432'}"
+
+
+def dsn_params(dsn: str) -> dict[str, str]:
+    """A libpq connection string (keyword/value or URI) as its keywords; InvalidInputError when it does not parse."""
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    except psycopg.Error as e:
+        raise InvalidInputError(f"a libpq connection string does not parse: {' '.join(str(e).split())}") from None
+
+
+def dsn_with(dsn: str, **params: str) -> str:
+    """``dsn`` with ``params`` replacing its own keywords (another host, port or dbname; the rest as given)."""
+    return make_conninfo(dsn, **params)
 
 
 @contextmanager
