@@ -67,6 +67,7 @@ WEAKENINGS = (
     "reference-unconfirmed-term",  # reason from the current term's primary, confirmed or not (pgcohort 0.4)
     "survey-without-fence",  # read positions without stopping the voters receiving (pgcohort 0.4 on Patroni)
     "lift-while-another-surveys",  # a refused orchestrator lifts its fences although another one is surveying
+    "steer-then-allow",  # a hook that steered (promoted the member the rule allows) then allows its own candidate
 )
 
 
@@ -81,6 +82,7 @@ class Bound:
     reads: int = 2  # views each orchestrator reads
     change: str = "add"  # which change orchestrator 0 may propose: add (c), remove (b), policy (any 2) or none
     abandons: int = 0  # orchestrators that die between their term and their promotion
+    steer: bool = False  # the orchestrators are hooks of an HA manager that elects its own candidate (repmgr)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Orchestrator:
     prepared: core.Ruleset | None = None  # a proposal computed from the view, not yet committed
     survey: tuple[tuple[str, Position], ...] | None = None  # fenced members and what each holds
     elected: tuple[int, str] | None = None  # a committed term (number, candidate) not yet promoted
+    vetoed: str | None = None  # steering: the HA manager's candidate the hook refused while it promotes ``elected``
     reads: int = 0  # views read so far (bounded by Bound.reads)
 
 
@@ -414,6 +417,16 @@ class Checker:
                                 self._orch(s, i, replace(o, elected=(v.term + 1, decision.candidate))),
                                 term=v.term + 1, term_primary=decision.candidate, term_rev=rev, rev=rev,
                             )  # fmt: skip
+                            for other in self.steered(s, o, decision.candidate):
+                                yield (
+                                    f"orchestrator {i}'s HA manager elects {other}: the hook refuses it and steers, "
+                                    f"committing term {v.term + 1} naming {decision.candidate}",
+                                    replace(
+                                        self._orch(s, i, replace(o, elected=(v.term + 1, decision.candidate),
+                                                                 vetoed=other)),
+                                        term=v.term + 1, term_primary=decision.candidate, term_rev=rev, rev=rev,
+                                    ),
+                                )  # fmt: skip
                         else:
                             yield (
                                 f"orchestrator {i}'s term write conflicts",
@@ -428,6 +441,13 @@ class Checker:
                             f"orchestrator {i} dies before promoting {o.elected[1]} (term {o.elected[0]})",
                             replace(self._orch(s, i, Orchestrator(reads=o.reads)), abandons=s.abandons + 1),
                         )
+
+    def steered(self, s: State, o: Orchestrator, allowed: str) -> Iterator[str]:
+        """The candidates an HA manager that elects its own (``Bound.steer``) may put to the hook besides
+        ``allowed``: any surveyed member. The hook refuses each and promotes ``allowed`` itself (steering)."""
+        if not self.bound.steer or o.survey is None:
+            return
+        yield from (m for m, _ in o.survey if m != allowed)
 
     def lift(self, s: State, i: int, o: Orchestrator) -> Iterator[tuple[str, State]]:
         """A refused orchestrator lifts its fences: only while no other one is surveying (Patroni's leader key)."""
@@ -483,17 +503,24 @@ class Checker:
         parent = next(t for t in s.timelines if t.id == node.timeline)
         timeline = Timeline(len(s.timelines) + 1, parent.history + (Switch(parent.id, len(node.log)),))
         nodes = _set(s.nodes, name, replace(node, primary=True, streaming=False, timeline=timeline.id))
-        yield (
-            f"orchestrator {i} promotes {name} (term {term}, timeline {timeline.id})",
-            replace(
-                self._orch(s, i, Orchestrator(reads=s.orchs[i].reads)),
-                nodes=nodes,
-                promotions=s.promotions + ((term, name),),
-                failovers=s.failovers + 1,
-                pending=frozenset(),  # the old primary's unacknowledged commits never return
-                timelines=s.timelines + (timeline,),
-            ),
+        vetoed = s.orchs[i].vetoed
+        after = replace(
+            self._orch(s, i, Orchestrator(reads=s.orchs[i].reads)),
+            nodes=nodes,
+            promotions=s.promotions + ((term, name),),
+            failovers=s.failovers + 1,
+            pending=frozenset(),  # the old primary's unacknowledged commits never return
+            timelines=s.timelines + (timeline,),
         )
+        if vetoed is not None and "steer-then-allow" in self.weak:
+            # The weakened hook exits 0 after steering: the HA manager promotes its own candidate as well.
+            yield (
+                f"orchestrator {i} promotes {name} (term {term}), then allows {vetoed}: its HA manager promotes it",
+                replace(after, promotions=after.promotions + ((term, vetoed),)),
+            )
+            return
+        steered = f", the veto of {vetoed} standing" if vetoed is not None else ""
+        yield f"orchestrator {i} promotes {name} (term {term}, timeline {timeline.id}){steered}", after
 
     def faults(self, s: State) -> Iterator[tuple[str, State]]:
         for n, node in s.nodes:

@@ -29,6 +29,7 @@ WEAKENED = {
     "reference-unconfirmed-term": (CI["term"], "blocked"),
     "survey-without-fence": (CI["term"], "loses acknowledged write"),
     "lift-while-another-surveys": (LIFT, "loses acknowledged write"),
+    "steer-then-allow": (CI["steer"], "two promotions in one term"),
 }
 
 
@@ -40,7 +41,7 @@ def _explore(bound: Bound, weakenings: frozenset[str]) -> Result:
 def explored() -> Iterator[dict[str, Future[Result]]]:
     """Every exploration of this module, started at once on every core (each is CPU-bound and independent);
     the longest first, so the runs finish together."""
-    jobs = {f"safe:{c}": (CI[c], frozenset[str]()) for c in ("policy", "remove", "add", "term")} | {
+    jobs = {f"safe:{c}": (CI[c], frozenset[str]()) for c in ("policy", "remove", "add", "term", "steer")} | {
         f"weak:{w}": (bound, frozenset({w})) for w, (bound, _) in WEAKENED.items()
     }
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
