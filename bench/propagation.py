@@ -1,12 +1,15 @@
 """bench/propagation: from a committed `add` to N watchers observing it, against a bare CAS.
 
 Starts a real 3-member etcd on loopback and N watcher processes (each a RulesetWatch, as
-each node's sidecar runs one). Each round commits an `add` (the ruleset CAS with its
-history entry) and times, on the shared monotonic clock, how long each watcher takes to
-observe that revision; the member is then finalized, removed and finalized again so the
-next round can add it anew. Interleaved with the rounds, a bare etcd3gw CAS transaction
-(compare mod_revision, put) on another key of the same cluster gives the baseline.
-Everything is measured in this one run and printed as ratios.
+each node's sidecar runs one; each is configured with the endpoints in a different order,
+as sidecars on different hosts would be, and streams from whichever member leads, as the
+product does). Each round commits an `add` (the ruleset CAS with its history entry) and
+times, on the shared monotonic clock, how long each watcher takes to observe that
+revision; the member is then finalized, removed and finalized again so the next round can
+add it anew. Interleaved with the rounds, a bare etcd3gw CAS transaction (compare
+mod_revision, put) on another key, sent to the leader, gives the baseline. Everything is
+measured in this one run and printed as ratios: the targets are p50 <= 1.3x for the last
+of the N watchers and <= 1.2x for each, p99 <= 2x.
 
 Each watcher stamps what it observed into its own slot of shared memory; this process
 sleeps 10 ms after each commit before it looks, so neither a queue nor this process
@@ -137,11 +140,14 @@ def main() -> int:
         print(
             f"  ruleset CAS + history (commit only)    p50 {ms(pct(commit_only, 50))}  p99 {ms(pct(commit_only, 99))}"
         )
-        for label, xs in (("commit -> each watcher observed", each), ("commit -> all watchers observed", last)):
+        for label, xs, target in (
+            ("commit -> each watcher observed", each, 1.2),
+            ("commit -> all watchers observed", last, 1.3),
+        ):
             r50, r99 = pct(xs, 50) / b50, pct(xs, 99) / b99
             print(
                 f"  {label:<38} p50 {ms(pct(xs, 50))}  p99 {ms(pct(xs, 99))}   "
-                f"ratio to bare CAS: p50 {r50:.2f}x (target <= 1.5x), p99 {r99:.2f}x (target <= 2x)"
+                f"ratio to bare CAS: p50 {r50:.2f}x (target <= {target}x), p99 {r99:.2f}x (target <= 2x)"
             )
         print(f"  (mean bare {ms(statistics.mean(bare))}, mean each {ms(statistics.mean(each))})")
         return 0

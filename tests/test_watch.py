@@ -13,8 +13,9 @@ from pgcohort import protocol
 from pgcohort.core import ruleset as core
 from pgcohort.core.rules import AnyK, Member
 from pgcohort.store import EtcdStore, Revision, View
+from pgcohort.store.watch import RulesetWatch, leader_index
 from tests.conftest import make_store, three_members
-from tests.servers import EtcdCluster
+from tests.servers import EtcdCluster, EtcdMember
 
 pytestmark = pytest.mark.etcd
 
@@ -48,6 +49,14 @@ class Watcher:
         self.watch.close()
         self.thread.join(5)
         assert not self.thread.is_alive(), "watch did not stop on close()"
+
+    def serving(self, etcd: EtcdCluster) -> EtcdMember:
+        """The member this watch streams from (it prefers the leader)."""
+        deadline = time.monotonic() + 10
+        while (resp := self.watch._resp if isinstance(self.watch, RulesetWatch) else self.watch.hub._resp) is None:
+            assert time.monotonic() < deadline, "no stream open"  # the first view is delivered before it opens
+            time.sleep(0.01)
+        return next(m for m in etcd.members if resp.url.startswith(m.url + "/"))
 
 
 def changes(store: EtcdStore, n: int) -> Iterator[Revision]:
@@ -100,12 +109,14 @@ def test_watcher_survives_its_member_being_killed(etcd_private: EtcdCluster, clu
     w = Watcher(watcher_store)
     try:
         w.until(first)
-        serving = etcd_private.members[0]  # the watcher's first endpoint
+        serving = w.serving(etcd_private)
+        assert serving is etcd_private.leader()  # it streams from the leader
         etcd_private.kill(serving)
-        writer = EtcdStore([m.url for m in etcd_private.members[1:]], cluster_name, timeout=2, retry_for=15)
+        writer = EtcdStore([m.url for m in etcd_private.members if m is not serving], cluster_name, timeout=2,
+                           retry_for=15)  # fmt: skip
         revisions = list(changes(writer, 3))
         assert w.until(revisions[-1]) == [first, *revisions]
-        assert watcher_store.transport.url() != serving.url
+        assert w.serving(etcd_private) is not serving
         assert watcher_store.stats().watch_resyncs >= 1
     finally:
         w.close()
@@ -148,16 +159,27 @@ def test_silent_member_is_left_for_another(etcd_private: EtcdCluster, cluster_na
     s = make_store(etcd_private, cluster_name)
     first = protocol.init(s, three_members(), "pg0", actor="t").snapshot.revision
     w = Watcher(EtcdStore(etcd_private.endpoints, cluster_name, timeout=1, retry_for=15), silence=2.0)
-    paused = etcd_private.members[0]
+    w.until(first)
+    paused = w.serving(etcd_private)  # the leader
     try:
-        w.until(first)
         etcd_private.stop(paused)
-        writer = EtcdStore([m.url for m in etcd_private.members[1:]], cluster_name, timeout=2, retry_for=15)
+        writer = EtcdStore([m.url for m in etcd_private.members if m is not paused], cluster_name, timeout=2,
+                           retry_for=15)  # fmt: skip
         revisions = list(changes(writer, 2))
         assert w.until(revisions[-1], timeout=20) == [first, *revisions]
     finally:
         etcd_private.cont(paused)
         w.close()
+
+
+def test_the_stream_is_on_the_leader_whichever_endpoint_comes_first(etcd3: EtcdCluster, cluster_name: str) -> None:
+    leader = etcd3.leader()
+    for first in etcd3.members:
+        endpoints = [first.url] + [m.url for m in etcd3.members if m is not first]
+        s = EtcdStore(endpoints, cluster_name, timeout=2, retry_for=15)
+        assert s.transport.url(leader_index(s.transport)) == leader.url
+    nowhere = EtcdStore([m.url for m in etcd3.members if m is not leader], cluster_name)
+    assert leader_index(nowhere.transport) is None  # the leader is not among them: the current endpoint serves
 
 
 def test_deleted_ruleset_is_reported(etcd3: EtcdCluster, store: EtcdStore) -> None:

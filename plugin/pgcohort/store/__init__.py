@@ -6,6 +6,7 @@ Four units, as Patroni splits its etcd3 client from its DCS class:
 * :mod:`.records`   — the ruleset and term: linearizable reads, CAS writes with their history;
 * :mod:`.registry`  — the nodes' leased status records;
 * :mod:`.watch`     — the ruleset watch loop;
+* :mod:`.hub`       — one prefix watch for every cluster a process serves, dispatched per cluster;
 * :mod:`.patroni`   — Patroni's ``config`` key, written in one transaction with our ruleset's compare.
 
 Keys live under ``<prefix>/<cluster>/`` (never under Patroni's ``/service/``):
@@ -16,6 +17,7 @@ Beside Patroni, one more key is read and written: Patroni's ``<namespace>/<scope
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 from pgcohort.core.decision import GateDecision
@@ -25,13 +27,40 @@ from pgcohort.core.term import Confirmation, Term
 from pgcohort.errors import InvalidInputError
 from pgcohort.seams import Revision, Snapshot, StoreStats, TermSnapshot, View
 from pgcohort.store import repair
+from pgcohort.store.hub import HubWatch, WatchHub
 from pgcohort.store.patroni import PatroniConfigKey
 from pgcohort.store.records import Records
-from pgcohort.store.registry import NodeRegistration, NodeRegistry
+from pgcohort.store.registry import Leases, NodeRegistration, NodeRegistry
 from pgcohort.store.transport import Security, Transport
-from pgcohort.store.watch import RulesetWatch
+from pgcohort.store.watch import LeaderHint, RulesetWatch
 
 __all__ = ["EtcdStore", "Revision", "Security", "Snapshot", "TermSnapshot", "View", "StoreStats"]
+
+
+class _Family:
+    """What a store and the stores made from it with ``for_cluster`` share: the connections and
+    credentials (the transport), one lease per TTL, which endpoint leads (where watches stream
+    from), and, once it serves several clusters, one watch stream (the hub)."""
+
+    def __init__(self, transport: Transport, prefix: str) -> None:
+        self.transport = transport
+        self.root = prefix.rstrip("/") + "/"
+        self.leases = Leases(transport)
+        self.leader = LeaderHint(transport)
+        self.shared = False  # for_cluster was called: watches subscribe to the hub
+        self._hub: WatchHub | None = None
+        self._lock = threading.Lock()
+
+    def hub(self) -> WatchHub:
+        with self._lock:
+            if self._hub is None:
+                self._hub = WatchHub(self.transport, self.root, self.leader)
+            return self._hub
+
+    def close(self) -> None:
+        self.transport.close()
+        if self._hub is not None:
+            self._hub.session.close()
 
 
 class EtcdStore:
@@ -53,28 +82,31 @@ class EtcdStore:
         if prefix.startswith("/service/") or prefix == "/service":
             raise InvalidInputError("the pgcohort prefix must not be under Patroni's /service/")
         self.prefix = prefix
-        self._attach(
-            cluster, Transport(endpoints, timeout=timeout, retry_for=retry_for, security=security, observe=observe)
-        )
+        transport = Transport(endpoints, timeout=timeout, retry_for=retry_for, security=security, observe=observe)
+        self._attach(cluster, _Family(transport, prefix))
 
-    def _attach(self, cluster: str, transport: Transport) -> None:
+    def _attach(self, cluster: str, family: _Family) -> None:
         self.root = f"{self.prefix.rstrip('/')}/{cluster}/"
-        self.transport = transport
-        self.records = Records(transport, self.root)
-        self.registry = NodeRegistry(transport, self.root)
+        self._family = family
+        self.transport = family.transport
+        self.records = Records(self.transport, self.root)
+        self.registry = NodeRegistry(self.transport, self.root, family.leases)
 
     def for_cluster(self, cluster: str) -> EtcdStore:
-        """The store of another cluster under the same prefix, over this store's connections and credentials
-        (one process driving many clusters, such as bench/fleet.py, needs no connection pool per cluster)."""
+        """The store of another cluster under the same prefix, for a process that serves several clusters
+        (sidecars of several clusters on one host, a fleet exporter, bench/fleet.py). It shares this store's
+        connections and credentials and one lease per TTL; from now on the watches of this store and of every
+        store made from it share one watch stream on the prefix (:mod:`pgcohort.store.hub`)."""
         if not cluster or "/" in cluster:
             raise InvalidInputError(f"invalid cluster name {cluster!r}: it must be non-empty and contain no '/'")
         other = object.__new__(EtcdStore)
         other.prefix = self.prefix
-        other._attach(cluster, self.transport)
+        other._attach(cluster, self._family)
+        self._family.shared = True
         return other
 
     def close(self) -> None:
-        self.transport.close()
+        self._family.close()
 
     def __enter__(self) -> EtcdStore:
         return self
@@ -131,8 +163,13 @@ class EtcdStore:
 
     # --- watching (pgcohort.store.watch) ---------------------------------------------------
 
-    def watch(self, since: Revision | None = None, *, silence: float = 10.0) -> RulesetWatch:
-        return RulesetWatch(self.transport, self.records, since, silence)
+    def watch(self, since: Revision | None = None, *, silence: float = 10.0) -> RulesetWatch | HubWatch:
+        """Every committed ruleset from now (or after ``since``). A store of a family that serves several
+        clusters subscribes to the family's hub; a watch that must replay from ``since`` has a stream of its
+        own, as does the store of a process that serves one cluster (a sidecar)."""
+        if since is None and self._family.shared:
+            return self._family.hub().subscribe(self.records, silence)
+        return RulesetWatch(self.transport, self.records, since, silence, self._family.leader)
 
     def stats(self) -> StoreStats:
         return self.transport.stats()
