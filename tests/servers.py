@@ -200,19 +200,30 @@ class EtcdCluster:
         env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
         return subprocess.run(cmd + list(args), env=env, check=check, capture_output=True, text=True, timeout=30)
 
-    def leader(self) -> EtcdMember:
-        for m in self.members:
-            if m.proc is None or m.proc.poll() is not None:
-                continue
-            try:
-                st = _post_json(m.url + "/v3/maintenance/status", {})
+    def leader(self, timeout: float = 10.0) -> EtcdMember:
+        """The member that leads, waiting out an election (a member between leaders names none)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.members:
+                if m.proc is None or m.proc.poll() is not None:
+                    continue
+                try:
+                    leader = _post_json(m.url + "/v3/maintenance/status", {}).get("leader")
+                except OSError:
+                    continue
+                if not leader:
+                    continue
                 for c in self.members:
-                    st2 = _post_json(c.url + "/v3/maintenance/status", {}) if c is not m else st
-                    if st2["header"]["member_id"] == st["leader"]:
-                        return c
-            except OSError:
-                continue
-        raise RuntimeError("no etcd leader")
+                    if c.proc is None or c.proc.poll() is not None:
+                        continue
+                    try:
+                        if _post_json(c.url + "/v3/maintenance/status", {})["header"]["member_id"] == leader:
+                            return c
+                    except OSError:
+                        continue
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no etcd leader within {timeout:.0f}s")
+            time.sleep(0.1)
 
     def kill(self, m: EtcdMember) -> None:
         if m.proc is not None and m.proc.poll() is None:
