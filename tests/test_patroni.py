@@ -91,8 +91,16 @@ def start(pc: PatroniCluster, names: tuple[str, ...], *, sidecars: bool = True) 
 
 
 def adopt(pc: PatroniCluster, leader: str, policy: str = "any 1") -> str:
-    done = pc.pgcohort("init", "--from-patroni", pc.agents[leader].api, "--policy", policy)
-    return done.stdout
+    """``init --from-patroni``; a Patroni that reports no leader for a moment (a loaded machine renews the
+    leader key late) is asked again, as an operator would, for up to a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        done = pc.pgcohort("init", "--from-patroni", pc.agents[leader].api, "--policy", policy, check=False)
+        if done.returncode == 0:
+            return done.stdout
+        if "reports no leader" not in done.stderr or time.monotonic() > deadline:
+            raise AssertionError(f"init --from-patroni exited {done.returncode}: {done.stdout}{done.stderr}")
+        time.sleep(1)
 
 
 # --- adoption, refusal beside Patroni's own sync mode ---------------------------------------
