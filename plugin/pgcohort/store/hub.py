@@ -130,12 +130,7 @@ class WatchHub:
 
     def _detach(self, sub: HubWatch) -> None:
         with self._lock:
-            cluster = self._clusters.get(sub.key)
-            if cluster is not None and sub in cluster.subscribers:
-                cluster.subscribers.remove(sub)
-                if not cluster.subscribers:
-                    del self._clusters[sub.key]
-            self._pending.pop(sub, None)
+            self._forget(sub)
             resp = self._resp if not self._clusters else None
         if resp is not None:
             shutdown(resp)  # the last one left: stop the stream
@@ -314,14 +309,18 @@ class WatchHub:
             if self._pos is not None and last > self._pos:
                 self._pos = Revision(last)
 
-    def _leave(self, sub: HubWatch) -> None:
-        """(Lock held.) ``sub`` stops following the hub; it continues on a stream of its own."""
+    def _forget(self, sub: HubWatch) -> None:
+        """(Lock held.) Nothing is dispatched to ``sub`` any more; a cluster with no subscriber left is dropped."""
         cluster = self._clusters.get(sub.key)
         if cluster is not None and sub in cluster.subscribers:
             cluster.subscribers.remove(sub)
             if not cluster.subscribers:
                 del self._clusters[sub.key]
         self._pending.pop(sub, None)
+
+    def _leave(self, sub: HubWatch) -> None:
+        """(Lock held.) ``sub`` stops following the hub; it continues on a stream of its own."""
+        self._forget(sub)
         sub.left = True
         sub.queue.put(_LEAVE)
         sub.ready.set()
