@@ -383,7 +383,13 @@ class PatroniCluster:
         )
 
     def close(self) -> None:
-        """Kill every sidecar, agent and PostgreSQL, and delete their files (the network is the caller's)."""
+        """Kill every sidecar, agent and PostgreSQL, and delete their files (the network is the caller's). Called
+        while a test fails, it first prints the end of every Patroni log: CI keeps the output, not the files."""
+        if sys.exc_info()[0] is not None:
+            for a in self.agents.values():
+                with contextlib.suppress(OSError):
+                    tail = a.log.splitlines()[-40:]
+                    print(f"\n--- {a.name}: the last {len(tail)} lines of {a.log_path}", *tail, sep="\n")
         for a in self.agents.values():
             if a.sidecar is not None:
                 a.sidecar.kill()

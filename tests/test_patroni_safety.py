@@ -172,37 +172,42 @@ def test_a_hung_old_primary_gets_no_acknowledgement_behind_the_survey(network: N
     pc = PatroniCluster(etcd, f"fence-{time.monotonic_ns() % 10**6}", network=network,
                         dcs_parameters={"wal_sender_timeout": "5s", "wal_receiver_timeout": "5s"})  # fmt: skip
     try:
-        start(pc, ("pg0", "pg1", "pg2", "pg3"))
-        adopt(pc, "pg0")
-        dsn = pc.agents["pg0"].dsn
+        names = ("pg0", "pg1", "pg2", "pg3")
+        adopt(pc, start(pc, names))
+        # Roles from the cluster as it stands once adopted: a loaded machine can move Patroni's leader key
+        # between start and adoption, and the story is about whoever is primary now.
+        old = pc.wait_leader()
+        first, second, streamer = (n for n in names if n != old)
+        dsn = pc.agents[old].dsn
         create_ledger(dsn)
         for i in range(1, 6):
             assert acked_write(dsn, i)
-        quiet(pc, "pg0", ("pg1", "pg2", "pg3"))
+        quiet(pc, old, (first, second, streamer))
 
-        # The old primary's agent hangs with PostgreSQL running; so does pg3's, which keeps streaming
-        # from it. pg1 and pg2 cannot reach pg0 any more.
-        pc.pause_agent("pg3")
-        network.cut("pg1", "pg0")
-        network.cut("pg2", "pg0")
-        pc.pause_agent("pg0")
+        # The old primary's agent hangs with PostgreSQL running; so does the streamer's, which keeps streaming
+        # from it. The other two standbys cannot reach the old primary any more.
+        pc.pause_agent(streamer)
+        network.cut(first, old)
+        network.cut(second, old)
+        pc.pause_agent(old)
         with weakened("count-without-fence") if fence != "fenced" else _same() as path:
-            for n in ("pg1", "pg2"):  # an HA manager slow to promote after its hook said yes
+            for n in (first, second):  # an HA manager slow to promote after its hook said yes
                 runner = f"env PYTHONPATH={path} " if path else ""
                 hook(pc, n, f"/bin/sh -c '{runner}{gate_command(pc, n)} && sleep 2'")
             root = f"/pgcohort/{pc.scope}/"
             pc.wait("a gate's term", lambda: (t := etcd_kv(etcd, root + "term")) and t["json"]["term"] == 2, 120)
-            writer = Writer(dsn)  # pg0 still runs: a client that never heard of the failover keeps writing
-            new = pc.wait_leader(60, not_="pg0")
+            writer = Writer(dsn)  # the old primary still runs: a client that never heard of the failover writes on
+            new = pc.wait_leader(60, not_=old)
             time.sleep(1)
             acked = writer.halt() | set(range(1, 6))
         lost = acked - ledger_ids(pc.agents[new].dsn)
         if fence == "fenced":
-            assert not lost, f"acknowledged by pg0 and lost on {new}: {sorted(lost)}"
+            assert not lost, f"acknowledged by {old} and lost on {new}: {sorted(lost)}"
         else:
             assert lost, "the unfenced survey lost nothing: the partition did not reproduce the race"
             print(
-                f"\n  unfenced: {len(lost)} writes acknowledged by pg0 through pg3 after the survey are lost on {new}"
+                f"\n  unfenced: {len(lost)} writes acknowledged by {old} through {streamer} after the survey"
+                f" are lost on {new}"
             )
     finally:
         pc.close()
