@@ -24,6 +24,8 @@ the run (unless ``--keep-going``): its history is written to a JSON file and its
     python bench/storm.py --seeds 7,12 --setups off,pgcohort
     python bench/storm.py --replay 7 --setup off         # the schedule, what happened, the verdict
     python bench/storm.py --check /tmp/storm            # the table again from stored histories
+    python bench/storm.py --schedules 100 --reports run.jsonl   # resumable: played schedules are skipped
+    python bench/storm.py --check run.jsonl             # the table of every schedule in a reports file
 
 The product under test is whatever ``import pgcohort`` finds: to measure a commit while the
 checkout moves, export its ``plugin/`` and ``adapters/`` and put both first on ``PYTHONPATH``
@@ -41,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -86,15 +89,46 @@ def table(results: dict[str, list[checker.Report]], errors: dict[str, int] | Non
 
 
 def check_stored(where: str) -> str:
-    """The table again from the histories ``--history-dir`` wrote: the checker is pure, so this is the verdict."""
+    """The table again from what a run stored: a reports file (``--reports``), or the histories ``--history-dir``
+    wrote (judged again: the checker is pure, so this is the verdict)."""
     results: dict[str, list[checker.Report]] = {}
-    for name in sorted(os.listdir(where)):
-        if name.startswith("storm-") and name.endswith(".json"):
-            with open(os.path.join(where, name)) as f:
-                doc = json.load(f)
-            results.setdefault(doc["setup"], []).append(checker.check(history_from_json(doc)))
+    if os.path.isfile(where):
+        for doc in stored_reports(where):
+            results.setdefault(doc["setup"], []).append(checker.report_from_json(doc["report"]))
+    else:
+        for name in sorted(os.listdir(where)):
+            if name.startswith("storm-") and name.endswith(".json"):
+                with open(os.path.join(where, name)) as f:
+                    doc = json.load(f)
+                results.setdefault(doc["setup"], []).append(checker.check(history_from_json(doc)))
     order = [s for s in SETUPS if s in results]
     return table({s: results[s] for s in order})
+
+
+def stored_reports(path: str) -> list[dict[str, Any]]:
+    """The lines of a reports file (none if it does not exist yet)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def store_report(path: str, result: Result, commit: str) -> None:
+    """Append one schedule's verdict to the reports file: the checker's figures without the ops, a few hundred
+    bytes, so a run of hundreds of schedules can be kept (and committed) and resumed in another session."""
+    line = {
+        "setup": result.setup,
+        "seed": result.schedule.seed,
+        "generator": result.schedule.version,
+        "length": result.schedule.length,
+        "commit": commit,
+        "build_seconds": round(result.build_seconds, 1),
+        "recovery_seconds": None if result.recovery_seconds is None else round(result.recovery_seconds, 1),
+        "total_seconds": round(result.total_seconds, 1),
+        "report": checker.report_to_json(result.report),
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
 def machine(commit: str) -> str:
@@ -159,7 +193,19 @@ def main() -> int:
     ap.add_argument("--setup", default="pgcohort", help="with --replay: which setup")
     ap.add_argument("--history-dir", default="", help="write every schedule's history there as JSON")
     ap.add_argument("--measure-reuse", action="store_true", help="also time until every node streams again")
-    ap.add_argument("--check", default="", metavar="DIR", help="print the table of the histories stored in DIR")
+    ap.add_argument(
+        "--reports",
+        default="",
+        metavar="FILE",
+        help="append each schedule's verdict to FILE (JSON lines); schedules already in it are not played"
+        " again, so a long run resumes where it stopped",
+    )
+    ap.add_argument(
+        "--check",
+        default="",
+        metavar="PATH",
+        help="print the table of a reports FILE, or of the histories stored in a DIR",
+    )
     ap.add_argument("--keep-going", action="store_true", help="do not stop when a pgcohort setup is unsafe")
     args = ap.parse_args()
 
@@ -182,10 +228,18 @@ def main() -> int:
     results: dict[str, list[Result]] = {s: [] for s in setups}
     errors: dict[str, int] = {}
     started, commit = time.monotonic(), _commit()
+    done = (
+        {(d["setup"], d["seed"], d["generator"], d["length"]) for d in stored_reports(args.reports)}
+        if args.reports
+        else set()
+    )
     stopped = False
     for seed in seeds:
         schedule = generate(seed, args.length)
         for setup in setups:
+            if (setup, seed, schedule.version, schedule.length) in done:
+                print(f"{setup:<11} seed {seed:>4}: already in {args.reports}, not played again", flush=True)
+                continue
             try:
                 result = run_schedule(schedule, SETUPS[setup], recover=args.recover, measure_reuse=args.measure_reuse)
             except Exception as e:  # noqa: BLE001 (the harness could not run it: say so, count it, go on)
@@ -194,6 +248,8 @@ def main() -> int:
                 continue
             results[setup].append(result)
             print(result.summary(), flush=True)
+            if args.reports:
+                store_report(args.reports, result, commit)
             if args.measure_reuse:
                 reuse = "-" if result.reuse_seconds is None else f"{result.reuse_seconds:.1f}s"
                 print(f"  build {result.build_seconds:.1f}s; after the heal, every node streaming again: {reuse}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 BUCKET = 0.1  # seconds
 GAP = 1.0  # seconds without an acknowledgement that count as "no writable primary"
@@ -106,6 +107,34 @@ class Report:
     def safe(self) -> bool:
         """Nothing lost, nothing unexpected, no split brain, and a final read to know it."""
         return self.final_read and not self.lost and not self.unexpected and not self.split_brain
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    """A report as plain JSON (a line of a reports file): no ops, so a run of hundreds of schedules stays small."""
+    doc = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(report).items()}
+    doc["split_brain"] = [[list(sb.first), list(sb.second), sb.start, sb.end, sb.writes] for sb in report.split_brain]
+    return doc
+
+
+def report_from_json(doc: dict[str, Any]) -> Report:
+    """The report :func:`report_to_json` wrote."""
+    ids = {k: tuple(int(i) for i in doc[k]) for k in ("lost", "unexpected", "recovered", "failed_but_read")}
+    brains = tuple(
+        SplitBrain((str(a[0]), int(a[1])), (str(b[0]), int(b[1])), float(s), float(e), int(w))
+        for a, b, s, e, w in doc["split_brain"]
+    )
+    return Report(
+        attempted=int(doc["attempted"]),
+        acknowledged=int(doc["acknowledged"]),
+        failed=int(doc["failed"]),
+        unknown=int(doc["unknown"]),
+        final_read=bool(doc["final_read"]),
+        availability=float(doc["availability"]),
+        unavailable=float(doc["unavailable"]),
+        longest_gap=float(doc["longest_gap"]),
+        split_brain=brains,
+        **ids,
+    )
 
 
 def check(history: History) -> Report:

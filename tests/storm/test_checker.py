@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.storm.checker import GAP, History, Op, availability, check, split_brains
+from tests.storm.checker import GAP, History, Op, availability, check, report_from_json, report_to_json, split_brains
 
 
 def ok(i: int, node: str, start: float, end: float | None = None, timeline: int = 1, writer: str = "w") -> Op:
@@ -129,3 +131,12 @@ def test_ids_must_be_unique_and_outcomes_known() -> None:
 
 def test_availability_ignores_acknowledgements_outside_the_window() -> None:
     assert availability([ok(1, "pg0", -1.0), ok(2, "pg0", 11.0)], 0.0, 10.0) == 0.0
+
+
+def test_a_report_survives_a_line_of_a_reports_file() -> None:
+    old = steady(1, "pg0", 0.0, 8.0, timeline=1)
+    new = steady(1000, "pg1", 5.0, 10.0, timeline=2)
+    info = Op(5000, "w", "pg1", 9.0, 9.5, "info", 2, "timed out")
+    report = check(History((*old, *new, info), 0.0, 10.0, frozenset({o.id for o in new} | {5000, 9999}), "pg1"))
+    assert report.lost and report.split_brain and report.recovered and report.unexpected
+    assert report_from_json(json.loads(json.dumps(report_to_json(report)))) == report
