@@ -118,23 +118,9 @@ def report_to_json(report: Report) -> dict[str, Any]:
 
 def report_from_json(doc: dict[str, Any]) -> Report:
     """The report :func:`report_to_json` wrote."""
-    ids = {k: tuple(int(i) for i in doc[k]) for k in ("lost", "unexpected", "recovered", "failed_but_read")}
-    brains = tuple(
-        SplitBrain((str(a[0]), int(a[1])), (str(b[0]), int(b[1])), float(s), float(e), int(w))
-        for a, b, s, e, w in doc["split_brain"]
-    )
-    return Report(
-        attempted=int(doc["attempted"]),
-        acknowledged=int(doc["acknowledged"]),
-        failed=int(doc["failed"]),
-        unknown=int(doc["unknown"]),
-        final_read=bool(doc["final_read"]),
-        availability=float(doc["availability"]),
-        unavailable=float(doc["unavailable"]),
-        longest_gap=float(doc["longest_gap"]),
-        split_brain=brains,
-        **ids,
-    )
+    ids = {k: tuple(doc[k]) for k in ("lost", "unexpected", "recovered", "failed_but_read")}
+    brains = tuple(SplitBrain(tuple(a), tuple(b), s, e, w) for a, b, s, e, w in doc["split_brain"])
+    return Report(**{**doc, **ids, "split_brain": brains})
 
 
 def check(history: History) -> Report:
