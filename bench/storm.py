@@ -36,6 +36,7 @@ and where pgcohort was imported from.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -92,9 +93,13 @@ def check_stored(where: str) -> str:
     """The table again from what a run stored: a reports file (``--reports``), or the histories ``--history-dir``
     wrote (judged again: the checker is pure, so this is the verdict)."""
     results: dict[str, list[checker.Report]] = {}
+    footer = ""
     if os.path.isfile(where):
-        for doc in stored_reports(where):
+        docs = stored_reports(where)
+        for doc in docs:
             results.setdefault(doc["setup"], []).append(checker.report_from_json(doc["report"]))
+        commits = collections.Counter(doc["commit"] for doc in docs)
+        footer = "\nschedules per commit: " + ", ".join(f"{c}: {n}" for c, n in commits.most_common())
     else:
         for name in sorted(os.listdir(where)):
             if name.startswith("storm-") and name.endswith(".json"):
@@ -102,7 +107,7 @@ def check_stored(where: str) -> str:
                     doc = json.load(f)
                 results.setdefault(doc["setup"], []).append(checker.check(history_from_json(doc)))
     order = [s for s in SETUPS if s in results]
-    return table({s: results[s] for s in order})
+    return table({s: results[s] for s in order}) + footer
 
 
 def stored_reports(path: str) -> list[dict[str, Any]]:

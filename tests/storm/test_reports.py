@@ -35,7 +35,9 @@ def test_a_reports_file_keeps_each_verdict_and_a_resumed_run_plays_nothing_twice
         ("pgcohort", 7, "abc123 (clean)"),
     ]
 
-    rows = {line.split()[0]: line.split() for line in storm.check_stored(path).splitlines()[2:] if line.strip()}
+    printed = storm.check_stored(path)
+    assert printed.endswith("schedules per commit: abc123 (clean): 2"), printed
+    rows = {line.split()[0]: line.split() for line in printed.splitlines()[2:6] if line.strip()}
     assert rows["off"][1:3] == ["1", "49"] and rows["off"][4] == "1", rows  # one schedule, 49 writes, 1 lost
     assert rows["pgcohort"][4] == "0", rows
 
