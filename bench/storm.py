@@ -53,7 +53,7 @@ from tests.pg import PG_BIN  # noqa: E402
 from tests.servers import ETCD  # noqa: E402
 from tests.storm import checker  # noqa: E402
 from tests.storm.run import SETUPS, Result, describe, history_from_json, run_schedule, to_json  # noqa: E402
-from tests.storm.schedule import generate  # noqa: E402
+from tests.storm.schedule import Schedule, generate  # noqa: E402
 
 DEFAULT_SETUPS = "off,quorum,pgcohort,cross-zone"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,9 @@ def table(results: dict[str, list[checker.Report]], errors: dict[str, int] | Non
     )
     rows = [head, "-" * len(head)]
     for setup, reps in results.items():
-        if not reps:
+        if not reps:  # nothing played: only the harness errors, if any
+            if errors.get(setup):
+                rows.append(f"{setup:<13}{0:>6}{errors[setup]:>{len(head) - 19}}")
             continue
         unwritable = [r.unavailable for r in reps]
         rows.append(
@@ -93,21 +95,28 @@ def check_stored(where: str) -> str:
     """The table again from what a run stored: a reports file (``--reports``), or the histories ``--history-dir``
     wrote (judged again: the checker is pure, so this is the verdict)."""
     results: dict[str, list[checker.Report]] = {}
+    errors: dict[str, int] = {}
     footer = ""
     if os.path.isfile(where):
         docs = stored_reports(where)
+        played = {_key(doc) for doc in docs if "report" in doc}
         for doc in docs:
-            results.setdefault(doc["setup"], []).append(checker.report_from_json(doc["report"]))
-        commits = collections.Counter(doc["commit"] for doc in docs)
+            if "report" in doc:
+                results.setdefault(doc["setup"], []).append(checker.report_from_json(doc["report"]))
+            elif _key(doc) not in played:  # a harness error not played again since
+                errors[doc["setup"]] = errors.get(doc["setup"], 0) + 1
+        commits = collections.Counter(doc["commit"] for doc in docs if "report" in doc)
+        again = sum(1 for doc in docs if "error" in doc and _key(doc) in played)
         footer = "\nschedules per commit: " + ", ".join(f"{c}: {n}" for c, n in commits.most_common())
+        footer += f"; harness errors played again later: {again}" if again else ""
     else:
         for name in sorted(os.listdir(where)):
             if name.startswith("storm-") and name.endswith(".json"):
                 with open(os.path.join(where, name)) as f:
                     doc = json.load(f)
                 results.setdefault(doc["setup"], []).append(checker.check(history_from_json(doc)))
-    order = [s for s in SETUPS if s in results]
-    return table({s: results[s] for s in order}) + footer
+    order = [s for s in SETUPS if s in results or s in errors]
+    return table({s: results.get(s, []) for s in order}, errors) + footer
 
 
 def stored_reports(path: str) -> list[dict[str, Any]]:
@@ -121,19 +130,29 @@ def stored_reports(path: str) -> list[dict[str, Any]]:
 def store_report(path: str, result: Result, commit: str) -> None:
     """Append one schedule's verdict to the reports file: the checker's figures without the ops, a few hundred
     bytes, so a run of hundreds of schedules can be kept (and committed) and resumed in another session."""
-    line = {
-        "setup": result.setup,
-        "seed": result.schedule.seed,
-        "generator": result.schedule.version,
-        "length": result.schedule.length,
-        "commit": commit,
+    _store(path, result.setup, result.schedule, commit, {
         "build_seconds": round(result.build_seconds, 1),
         "recovery_seconds": None if result.recovery_seconds is None else round(result.recovery_seconds, 1),
         "total_seconds": round(result.total_seconds, 1),
         "report": checker.report_to_json(result.report),
-    }
+    })  # fmt: skip
+
+
+def store_error(path: str, setup: str, schedule: Schedule, commit: str, error: str) -> None:
+    """Append a schedule the harness could not run: a resumed run plays it again, ``--check`` counts it until then."""
+    _store(path, setup, schedule, commit, {"error": error})
+
+
+def _store(path: str, setup: str, schedule: Schedule, commit: str, fields: dict[str, Any]) -> None:
+    line = {"setup": setup, "seed": schedule.seed, "generator": schedule.version, "length": schedule.length,
+            "commit": commit, **fields}  # fmt: skip
     with open(path, "a") as f:
         f.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, int, int, float]:
+    """What makes two lines the same schedule on the same setup."""
+    return (doc["setup"], doc["seed"], doc["generator"], doc["length"])
 
 
 def machine(commit: str) -> str:
@@ -233,16 +252,12 @@ def main() -> int:
     results: dict[str, list[Result]] = {s: [] for s in setups}
     errors: dict[str, int] = {}
     started, commit = time.monotonic(), _commit()
-    done = (
-        {(d["setup"], d["seed"], d["generator"], d["length"]) for d in stored_reports(args.reports)}
-        if args.reports
-        else set()
-    )
+    done = {_key(d) for d in stored_reports(args.reports) if "report" in d} if args.reports else set()
     stopped = False
     for seed in seeds:
         schedule = generate(seed, args.length)
         for setup in setups:
-            if (setup, seed, schedule.version, schedule.length) in done:
+            if _key({"setup": setup, "seed": seed, "generator": schedule.version, "length": schedule.length}) in done:
                 print(f"{setup:<11} seed {seed:>4}: already in {args.reports}, not played again", flush=True)
                 continue
             try:
@@ -250,6 +265,8 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 (the harness could not run it: say so, count it, go on)
                 errors[setup] = errors.get(setup, 0) + 1
                 print(f"{setup:<11} seed {seed:>4}: HARNESS ERROR {type(e).__name__}: {str(e)[:300]}", flush=True)
+                if args.reports:
+                    store_error(args.reports, setup, schedule, commit, f"{type(e).__name__}: {str(e)[:300]}")
                 continue
             results[setup].append(result)
             print(result.summary(), flush=True)

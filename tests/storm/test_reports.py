@@ -12,8 +12,8 @@ import pytest
 
 from bench import storm
 from tests.storm.checker import History, Op, check
-from tests.storm.run import Result
-from tests.storm.schedule import generate
+from tests.storm.run import Result, Setup
+from tests.storm.schedule import Schedule, generate
 
 
 def result(setup: str, seed: int, *, lose: bool) -> Result:
@@ -29,24 +29,32 @@ def test_a_reports_file_keeps_each_verdict_and_a_resumed_run_plays_nothing_twice
     path = str(tmp_path / "run.jsonl")
     storm.store_report(path, result("off", 7, lose=True), "abc123 (clean)")
     storm.store_report(path, result("pgcohort", 7, lose=False), "abc123 (clean)")
+    storm.store_error(path, "quorum", generate(7, 45.0), "abc123 (clean)", "AssertionError: timed out")
     stored = storm.stored_reports(path)
-    assert [(d["setup"], d["seed"], d["commit"]) for d in stored] == [
-        ("off", 7, "abc123 (clean)"),
-        ("pgcohort", 7, "abc123 (clean)"),
-    ]
+    assert [(d["setup"], d["seed"], "report" in d) for d in stored] == [
+        ("off", 7, True), ("pgcohort", 7, True), ("quorum", 7, False)
+    ]  # fmt: skip
+
+    def rows(printed: str) -> dict[str, list[str]]:
+        return {line.split()[0]: line.split() for line in printed.splitlines()[2:6] if line.strip() and line[0] != "a"}
 
     printed = storm.check_stored(path)
     assert printed.endswith("schedules per commit: abc123 (clean): 2"), printed
-    rows = {line.split()[0]: line.split() for line in printed.splitlines()[2:6] if line.strip()}
-    assert rows["off"][1:3] == ["1", "49"] and rows["off"][4] == "1", rows  # one schedule, 49 writes, 1 lost
-    assert rows["pgcohort"][4] == "0", rows
+    assert rows(printed)["off"][1:3] == ["1", "49"] and rows(printed)["off"][4] == "1", printed  # 49 writes, 1 lost
+    assert rows(printed)["pgcohort"][4] == "0" and rows(printed)["quorum"][1] == "0", printed
+    assert rows(printed)["quorum"][-1] == "1", printed  # the harness error, counted apart
 
-    def play(*_: object, **__: object) -> Result:
-        raise AssertionError("a stored schedule was played again")
+    played: list[tuple[str, int]] = []
+
+    def play(schedule: Schedule, setup: Setup, **_: object) -> Result:
+        played.append((setup.name, schedule.seed))
+        return result(setup.name, schedule.seed, lose=False)
 
     monkeypatch.setattr(storm, "run_schedule", play)
-    monkeypatch.setattr(sys, "argv", ["storm.py", "--seeds", "7", "--setups", "off,pgcohort", "--reports", path])
+    monkeypatch.setattr(sys, "argv", ["storm.py", "--seeds", "7", "--setups", "off,quorum,pgcohort", "--reports", path])
     assert storm.main() == 0
     out = capsys.readouterr().out
-    assert out.count("already in") == 2, out
-    assert len(storm.stored_reports(path)) == 2
+    assert played == [("quorum", 7)] and out.count("already in") == 2, out
+    printed = storm.check_stored(path)
+    assert rows(printed)["quorum"][1] == "1" and rows(printed)["quorum"][-1] == "0", printed
+    assert printed.endswith("; harness errors played again later: 1"), printed
