@@ -384,12 +384,15 @@ class PatroniCluster:
 
     def close(self) -> None:
         """Kill every sidecar, agent and PostgreSQL, and delete their files (the network is the caller's). Called
-        while a test fails, it first prints the end of every Patroni log: CI keeps the output, not the files."""
+        while a test fails, it first prints the end of every Patroni and sidecar log: CI keeps the output, not the
+        files."""
         if sys.exc_info()[0] is not None:
-            for a in self.agents.values():
-                with contextlib.suppress(OSError):
-                    tail = a.log.splitlines()[-40:]
-                    print(f"\n--- {a.name}: the last {len(tail)} lines of {a.log_path}", *tail, sep="\n")
+            logs = [a.log_path for a in self.agents.values()]
+            logs += [a.sidecar.log_path for a in self.agents.values() if a.sidecar is not None]
+            for path in logs:
+                with contextlib.suppress(OSError), open(path, errors="replace") as f:
+                    tail = f.read().splitlines()[-40:]
+                    print(f"\n--- the last {len(tail)} lines of {path}", *tail, sep="\n")
         for a in self.agents.values():
             if a.sidecar is not None:
                 a.sidecar.kill()
