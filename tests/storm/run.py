@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -97,6 +98,13 @@ class StormCluster(PatroniCluster):
         return doc
 
 
+# Lines of a Patroni log that say why a node did or did not take the leader key (and the gate's verdicts).
+DECISIONS = re.compile(
+    r"promoted self to leader|Got quorum vote|Quorum requirement|is still alive|Wal position of .* is ahead"
+    r"|Ignoring the former leader|Demoting self|pgcohort gate:|failed to acquire|not healthy enough"
+)
+
+
 @dataclass
 class Result:
     """One schedule on one setup: what happened, what the clients saw, and the checker's verdict."""
@@ -112,6 +120,7 @@ class Result:
     total_seconds: float
     notes: list[str] = field(default_factory=list)
     reuse_seconds: float | None = None  # measure_reuse: from the heal until all four nodes stream again
+    decisions: list[str] = field(default_factory=list)  # the leader races, per node from its log (DECISIONS)
 
     def summary(self) -> str:
         r = self.report
@@ -692,6 +701,9 @@ def run_schedule(
                 pc.wait("every node streaming", lambda: pc.streaming(others), 90, 0.5)
                 reuse = storm.history.now() - healed
         leaders = [line for line in storm.log.lines if "Patroni's leader" in line]
+        decisions = [
+            f"{n}: {line}" for n, a in pc.agents.items() for line in a.log.splitlines() if DECISIONS.search(line)
+        ]
         return Result(
             setup.name,
             schedule,
@@ -704,6 +716,7 @@ def run_schedule(
             time.monotonic() - t0,
             storm.notes,
             reuse,
+            decisions,
         )
     finally:
         storm.close()
@@ -748,6 +761,9 @@ def describe(result: Result, *, ops: int = 40) -> str:
         lines.append(f"FAILED BUT READ (a writer bug): {spans(r.failed_but_read)}")
     lines += [f"SPLIT BRAIN: {sb.describe()}" for sb in r.split_brain]
     lines += [f"note: {n}" for n in result.notes]
+    if result.decisions:
+        lines.append("the leader races, per node from its Patroni log:")
+        lines += ["  " + d for d in result.decisions]
     lines.append(f"build {result.build_seconds:.1f}s, recovery "
                  f"{'-' if result.recovery_seconds is None else f'{result.recovery_seconds:.1f}s'}, "
                  f"total {result.total_seconds:.1f}s")  # fmt: skip
