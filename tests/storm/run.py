@@ -221,11 +221,11 @@ class Storm:
             pc.wait_streaming(["pg3"], 90)
             root = f"/pgcohort/{scope}/"
             pc.wait("term 1 confirmed", lambda: (c := self._etcd_json(root + "confirmed")) and c.get("timeline"), 30)
-            pc.wait("the rule in force", lambda: self._leader_setting().startswith("ANY 1"), 30)
+            self._wait_setting("the rule in force", lambda got: got.startswith("ANY 1"), 30)
         elif setup.synchronous_mode == "quorum":
-            pc.wait("Patroni's quorum setting", lambda: self._leader_setting().startswith("ANY 1"), 60)
+            self._wait_setting("Patroni's quorum setting", lambda got: got.startswith("ANY 1"), 60)
         else:
-            pc.wait("the passed-through setting", lambda: self._leader_setting() == self._ssn(), 30)
+            self._wait_setting("the passed-through setting", lambda got: got == self._ssn(), 30)
         self.first = pc.wait_leader(60)
         if self.first != "pg0":  # pg0 lost its leader key while the cluster was built (a loaded machine)
             why = [line[-160:] for line in pc.agents["pg0"].log.splitlines() if "emot" in line or "DCS" in line]
@@ -246,12 +246,25 @@ class Storm:
             self.notes.append(f"init --from-patroni refused, retried: {done.stderr.strip()[:200]}")
             time.sleep(1)
 
+    def _wait_setting(self, what: str, ok: Callable[[str], bool], timeout: float) -> None:
+        """Wait until the leader's ``synchronous_standby_names`` is ``ok``; on a time-out, say what was seen last."""
+        seen: dict[str, str | None] = {}
+
+        def check() -> bool:
+            seen["leader"] = leader = self.cluster.leader()
+            seen["setting"] = self._setting(leader) if leader is not None else None
+            return seen["setting"] is not None and ok(seen["setting"])
+
+        try:
+            self.cluster.wait(what, check, timeout)
+        except AssertionError as e:
+            first, _, rest = str(e).partition("\n")
+            raise AssertionError(
+                f"{first} (last seen: leader {seen.get('leader')}, setting {seen.get('setting')!r})\n{rest}"
+            ) from None
+
     def _ssn(self) -> str:
         return f"ANY {self.policy_k} ({', '.join(self.ssn_members)})"
-
-    def _leader_setting(self) -> str:
-        leader = self.cluster.leader()
-        return self._setting(leader) if leader is not None else ""
 
     def _setting(self, name: str) -> str:
         """``synchronous_standby_names`` on ``name`` ("" while it does not answer)."""
