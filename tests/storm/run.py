@@ -253,6 +253,10 @@ class Storm:
         def check() -> bool:
             seen["leader"] = leader = self.cluster.leader()
             seen["setting"] = self._setting(leader) if leader is not None else None
+            if leader is None:  # what Patroni's /cluster said instead
+                seen["members"] = (
+                    ", ".join(f"{m.get('name')} {m.get('role')}" for m in self.cluster.members()) or "none"
+                )
             return seen["setting"] is not None and ok(seen["setting"])
 
         try:
@@ -260,7 +264,7 @@ class Storm:
         except AssertionError as e:
             first, _, rest = str(e).partition("\n")
             raise AssertionError(
-                f"{first} (last seen: leader {seen.get('leader')}, setting {seen.get('setting')!r})\n{rest}"
+                f"{first} (last seen: leader {seen.get('leader')}, setting {seen.get('setting')!r}, /cluster {seen.get('members')})\n{rest}"
             ) from None
 
     def _ssn(self) -> str:
