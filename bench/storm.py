@@ -144,10 +144,14 @@ def store_error(path: str, setup: str, schedule: Schedule, commit: str, error: s
 
 
 def _store(path: str, setup: str, schedule: Schedule, commit: str, fields: dict[str, Any]) -> None:
-    line = {"setup": setup, "seed": schedule.seed, "generator": schedule.version, "length": schedule.length,
-            "commit": commit, **fields}  # fmt: skip
+    line = {**_identity(setup, schedule), "commit": commit, **fields}
     with open(path, "a") as f:
         f.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+def _identity(setup: str, schedule: Schedule) -> dict[str, Any]:
+    """The fields of a line that name the schedule and the setup it was played on."""
+    return {"setup": setup, "seed": schedule.seed, "generator": schedule.version, "length": schedule.length}
 
 
 def _key(doc: dict[str, Any]) -> tuple[str, int, int, float]:
@@ -257,16 +261,17 @@ def main() -> int:
     for seed in seeds:
         schedule = generate(seed, args.length)
         for setup in setups:
-            if _key({"setup": setup, "seed": seed, "generator": schedule.version, "length": schedule.length}) in done:
+            if _key(_identity(setup, schedule)) in done:
                 print(f"{setup:<11} seed {seed:>4}: already in {args.reports}, not played again", flush=True)
                 continue
             try:
                 result = run_schedule(schedule, SETUPS[setup], recover=args.recover, measure_reuse=args.measure_reuse)
             except Exception as e:  # noqa: BLE001 (the harness could not run it: say so, count it, go on)
                 errors[setup] = errors.get(setup, 0) + 1
-                print(f"{setup:<11} seed {seed:>4}: HARNESS ERROR {type(e).__name__}: {str(e)[:300]}", flush=True)
+                why = f"{type(e).__name__}: {str(e)[:300]}"
+                print(f"{setup:<11} seed {seed:>4}: HARNESS ERROR {why}", flush=True)
                 if args.reports:
-                    store_error(args.reports, setup, schedule, commit, f"{type(e).__name__}: {str(e)[:300]}")
+                    store_error(args.reports, setup, schedule, commit, why)
                 continue
             results[setup].append(result)
             print(result.summary(), flush=True)

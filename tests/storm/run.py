@@ -253,7 +253,8 @@ class Storm:
         def check() -> bool:
             seen["leader"] = leader = self.cluster.leader()
             seen["setting"] = self._setting(leader) if leader is not None else None
-            if leader is None:  # what Patroni's /cluster said instead
+            seen["members"] = None  # with no leader: what /cluster said instead
+            if leader is None:
                 seen["members"] = (
                     ", ".join(f"{m.get('name')} {m.get('role')}" for m in self.cluster.members()) or "none"
                 )
