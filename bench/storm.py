@@ -238,6 +238,8 @@ def main() -> int:
     args = ap.parse_args()
 
     if args.check:
+        if not os.path.exists(args.check):
+            ap.error(f"--check {args.check}: no such reports file or history directory (nothing was read)")
         print(check_stored(args.check))
         return 0
     if args.replay is not None:
